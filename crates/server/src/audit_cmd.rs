@@ -1,0 +1,430 @@
+//! `confide audit ...` (verify, export, check, report, checkpoints, key, checkpoint)
+//! and the checkpoint signer task that `serve` runs.
+//!
+//! The log itself is `confide-audit`; signaling appends to it on every
+//! `record_audit`. This module owns the log key: `audit-log.key` in the data directory
+//! (or `CONFIDE_AUDIT_KEY_FILE`), created on first start, in the signed-note private key
+//! form whose name is the log's origin (`CONFIDE_AUDIT_ORIGIN` when the key is created,
+//! default `confide.local/audit`).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use confide_audit::store::{AuditStore, AuditWriter};
+use confide_audit::{
+    CheckpointPolicy, LogPublicKey, LogSigningKey, SignedCheckpoint, Timestamp, check_package,
+};
+use confide_signaling::model::AccountId;
+use confide_signaling::store::{AppointmentQuery, Store};
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use zeroize::Zeroizing;
+
+use crate::{Config, open_store, write_private};
+
+const DEFAULT_ORIGIN: &str = "confide.local/audit";
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Recompute the Merkle log, check every checkpoint; name the first entry that no longer matches.
+    Verify {
+        /// Entries below this checkpoint size were archived (docs/operations.md).
+        #[arg(long)]
+        archived_below: Option<u64>,
+        /// A checkpoint note kept outside the database (repeatable).
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
+    },
+    /// Write an auditor package (JSON lines) for entries FROM..TO.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Default: the latest checkpoint's size (a checkpoint is signed first if needed).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Default: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an auditor package offline; needs no database.
+    Check {
+        package: PathBuf,
+        /// The log's verifier key (`name+hash+base64`) to pin; without it the package's
+        /// own key is used and its fingerprint printed for comparison.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Every account that touched a patient's appointments in a period.
+    Report {
+        /// `account:N` or a username.
+        #[arg(long)]
+        patient: String,
+        /// Start, RFC 3339 (`2026-01-01T00:00:00.000Z`) or a date (`2026-01-01`).
+        #[arg(long)]
+        from: String,
+        /// End (exclusive), same forms.
+        #[arg(long)]
+        to: String,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stored checkpoints (signed notes).
+    Checkpoints {
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Print the log's verifier key; its SHA-256 fingerprint goes to standard error.
+    Key,
+    /// Sign a checkpoint now if any entry is unsigned.
+    Checkpoint,
+}
+
+fn now() -> Timestamp {
+    let t = confide_signaling::http::now();
+    // The wall clock is after 1970 and before 10000 on any machine that runs this.
+    Timestamp::from_unix_millis(t.0)
+        .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("zero is in range"))
+}
+
+fn key_path(cfg: &Config) -> PathBuf {
+    std::env::var_os("CONFIDE_AUDIT_KEY_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.data_dir.join("audit-log.key"))
+}
+
+/// Loads the log key, creating it on first use. Returns the origin and the key.
+pub fn log_key(cfg: &Config) -> anyhow::Result<(String, LogSigningKey)> {
+    let path = key_path(cfg);
+    if path.exists() {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        );
+        return LogSigningKey::from_skey(&text).context("audit log key file");
+    }
+    let origin = std::env::var("CONFIDE_AUDIT_ORIGIN").unwrap_or_else(|_| DEFAULT_ORIGIN.into());
+    let mut seed = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut seed[..]);
+    let key = LogSigningKey::from_seed(&seed);
+    let text = key.to_skey(&origin).context("audit log origin")?;
+    write_private(&path, text.as_bytes())?;
+    tracing::warn!(
+        path = %path.display(),
+        "created a new audit log key; back it up apart from the database (see docs/operations.md)"
+    );
+    Ok((origin, key))
+}
+
+fn policy() -> CheckpointPolicy {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let d = CheckpointPolicy::default();
+    CheckpointPolicy {
+        max_entries: env("CONFIDE_AUDIT_CHECKPOINT_ENTRIES").unwrap_or(d.max_entries),
+        max_delay_ms: env("CONFIDE_AUDIT_CHECKPOINT_SECONDS")
+            .map(|s| s.saturating_mul(1000))
+            .unwrap_or(d.max_delay_ms),
+    }
+}
+
+async fn writer(cfg: &Config) -> anyhow::Result<AuditWriter> {
+    let (origin, key) = log_key(cfg)?;
+    let store = AuditStore::connect(&cfg.database_url())
+        .await
+        .context("opening the audit log")?;
+    Ok(AuditWriter::new(store, &origin, key, policy())?)
+}
+
+/// Starts the task that signs a checkpoint every N entries or T seconds.
+pub async fn spawn_signer(cfg: &Config) -> anyhow::Result<()> {
+    let w = writer(cfg).await?;
+    tokio::spawn(async move {
+        // Once a second is well inside T and catches N entries promptly; each tick
+        // is one small transaction.
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            if let Err(e) = w.tick(now()).await {
+                tracing::warn!(error = %e, "signing an audit checkpoint failed");
+            }
+        }
+    });
+    Ok(())
+}
+
+fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
+    if let Some(t) = Timestamp::parse_rfc3339(s) {
+        return Ok(t);
+    }
+    Timestamp::parse_rfc3339(&format!("{s}T00:00:00.000Z"))
+        .with_context(|| format!("{s}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS.mmmZ"))
+}
+
+fn read_note(path: &Path, key: &LogPublicKey) -> anyhow::Result<SignedCheckpoint> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SignedCheckpoint::from_note(&text, key)?)
+}
+
+/// Runs one `confide audit` command.
+pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Check { package, key } => {
+            let pinned = key
+                .map(|k| LogPublicKey::from_vkey(&k).map(|(_, k)| k))
+                .transpose()
+                .context("--key")?;
+            let file =
+                File::open(&package).with_context(|| format!("opening {}", package.display()))?;
+            let r = check_package(BufReader::new(file), pinned.as_ref())?;
+            println!(
+                "OK: entries {}..{} of log {} are included in its checkpoint of size {} ({})",
+                r.from, r.to, r.origin, r.end_size, r.end_time
+            );
+            if r.start_size > 0 {
+                println!(
+                    "which is consistent with (extends) its checkpoint of size {}",
+                    r.start_size
+                );
+            }
+            println!(
+                "log key fingerprint (compare with the clinic's): {}",
+                r.key_fingerprint
+            );
+            Ok(())
+        }
+        AuditCmd::Key => {
+            let (origin, key) = log_key(&cfg)?;
+            let public = key.public_key();
+            println!("{}", public.to_vkey(&origin)?);
+            eprintln!("fingerprint {}", public.fingerprint());
+            Ok(())
+        }
+        AuditCmd::Checkpoint => {
+            let w = writer(&cfg).await?;
+            match w.checkpoint_now(now()).await? {
+                Some(cp) => print!("{}", cp.to_note(&w.public_key())),
+                None => eprintln!("every entry is already covered by a checkpoint"),
+            }
+            Ok(())
+        }
+        AuditCmd::Checkpoints { latest } => {
+            let w = writer(&cfg).await?;
+            let key = w.public_key();
+            let cps = w.store().checkpoints(&key).await?;
+            let shown = if latest {
+                cps.last().into_iter().collect::<Vec<_>>()
+            } else {
+                cps.iter().collect()
+            };
+            for cp in shown {
+                print!("{}", cp.to_note(&key));
+                if !latest {
+                    println!();
+                }
+            }
+            Ok(())
+        }
+        AuditCmd::Verify {
+            archived_below,
+            checkpoints,
+        } => {
+            let w = writer(&cfg).await?;
+            let key = w.public_key();
+            let extra = checkpoints
+                .iter()
+                .map(|p| read_note(p, &key))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let archived = match archived_below {
+                Some(k) => Some(w.store().frontier_at(k).await?),
+                None => None,
+            };
+            let r = w
+                .store()
+                .verify(&key, w.origin(), archived.as_ref(), &extra)
+                .await?;
+            println!(
+                "OK: {} entries, root {}, {} checkpoints verified, signed up to {}",
+                r.size,
+                r.root.to_base64(),
+                r.checkpoints_checked,
+                r.signed_size
+            );
+            if r.unsigned_tail > 0 {
+                println!(
+                    "{} newest entries are not yet covered by a checkpoint",
+                    r.unsigned_tail
+                );
+            }
+            Ok(())
+        }
+        AuditCmd::Export { from, to, out } => {
+            let w = writer(&cfg).await?;
+            let key = w.public_key();
+            // An export should cover everything recorded so far, so sign what is pending.
+            let _ = w.checkpoint_now(now()).await?;
+            let latest = w
+                .store()
+                .latest_checkpoint(&key)
+                .await?
+                .map(|c| c.checkpoint.size)
+                .context("the audit log is empty: nothing to export")?;
+            let to = to.unwrap_or(latest);
+            let report = match &out {
+                Some(path) => {
+                    let file = File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut f = BufWriter::new(file);
+                    let r = w.store().export(&mut f, &key, from, to).await?;
+                    f.flush()?;
+                    r
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut lock = stdout.lock();
+                    w.store().export(&mut lock, &key, from, to).await?
+                }
+            };
+            eprintln!(
+                "exported entries {}..{} with checkpoints {} -> {}; key fingerprint {}",
+                report.from, report.to, report.start_size, report.end_size, report.key_fingerprint
+            );
+            Ok(())
+        }
+        AuditCmd::Report {
+            patient,
+            from,
+            to,
+            json,
+        } => {
+            let (from, to) = (parse_time(&from)?, parse_time(&to)?);
+            let (store, _, _) = open_store(&cfg).await?;
+            let id = match patient
+                .strip_prefix("account:")
+                .and_then(|n| n.parse().ok())
+            {
+                Some(n) => AccountId(n),
+                None => {
+                    store
+                        .account_by_username(&patient)
+                        .await?
+                        .context("no such patient")?
+                        .id
+                }
+            };
+            let appointments = store
+                .list_appointments(AppointmentQuery {
+                    doctor: None,
+                    patient: Some(id),
+                })
+                .await?;
+            let targets: BTreeSet<String> = appointments.iter().map(|a| a.id.to_string()).collect();
+            let audit = AuditStore::connect(&cfg.database_url()).await?;
+            let rows = audit
+                .access_report(&id.to_string(), &targets, from, to)
+                .await?;
+            if json {
+                for r in &rows {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "actor": r.actor, "role": r.role, "first": r.first.to_string(),
+                            "last": r.last.to_string(), "count": r.count, "refused": r.refused,
+                            "actions": r.actions, "targets": r.targets, "seqs": r.seqs,
+                        })
+                    );
+                }
+            } else {
+                println!(
+                    "Accesses to {id}'s appointments ({} on record) from {from} to {to}:",
+                    targets.len()
+                );
+                println!(
+                    "{:<16} {:<8} {:>6} {:>7}  {:<24} {:<24} actions",
+                    "account", "role", "count", "refused", "first", "last"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<16} {:<8} {:>6} {:>7}  {:<24} {:<24} {}",
+                        r.actor,
+                        r.role.as_deref().unwrap_or("-"),
+                        r.count,
+                        r.refused,
+                        r.first.to_string(),
+                        r.last.to_string(),
+                        r.actions.iter().cloned().collect::<Vec<_>>().join(",")
+                    );
+                }
+                println!(
+                    "Each line lists entry numbers (--json) that `confide audit export` can prove."
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Read-only HTTPS routes that publish the log's state, as Certificate Transparency
+/// logs do: `GET /api/audit/checkpoint` (the latest signed checkpoint, as a signed note)
+/// and `GET /api/audit/key` (the log's public key, as a verifier key line).
+///
+/// They are public on purpose. A checkpoint reveals only the number of entries, a root
+/// hash and a time, never an entry; anyone who keeps the checkpoints they fetched can
+/// later demand a consistency proof, so a server that rewrote its history would have
+/// to show two different trees to two parties, and comparing notes exposes that.
+pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use std::sync::Arc;
+
+    let (origin, key) = log_key(cfg)?;
+    let public = key.public_key();
+    drop(key);
+    let vkey: Arc<str> = public.to_vkey(&origin)?.into();
+    let store = AuditStore::connect(&cfg.database_url())
+        .await
+        .context("opening the audit log")?;
+    let state = Arc::new((store, public));
+    let text = |body: String| ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body);
+    Ok(axum::Router::new()
+        .route(
+            "/api/audit/key",
+            get(move || {
+                let vkey = vkey.clone();
+                async move { text(format!("{vkey}\n")) }
+            }),
+        )
+        .route(
+            "/api/audit/checkpoint",
+            get(move || {
+                let state = state.clone();
+                async move {
+                    let (store, public) = &*state;
+                    match store.latest_checkpoint(public).await {
+                        Ok(Some(cp)) => text(cp.to_note(public)).into_response(),
+                        Ok(None) => (
+                            StatusCode::NOT_FOUND,
+                            text("no checkpoint has been signed yet\n".into()),
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            // A checkpoint that fails its own signature check is
+                            // tampering; say so to the operator, not to the caller.
+                            tracing::error!(error = %e, "reading the latest audit checkpoint");
+                            (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                text("the audit log could not be read\n".into()),
+                            )
+                                .into_response()
+                        }
+                    }
+                }
+            }),
+        ))
+}

@@ -1,0 +1,383 @@
+//! `confide`: serve a clinic, seed the demo, administer accounts and keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use confide_server::confide_signaling::audit::{AuditAction, AuditFilter};
+use confide_server::confide_signaling::crypto::MasterKey;
+use confide_server::confide_signaling::http::now;
+use confide_server::confide_signaling::model::Role;
+use confide_server::confide_signaling::ops::{self, DemoInfo};
+use confide_server::confide_signaling::store::keys::{rotate_data_key, rotate_master_key};
+use confide_server::confide_signaling::store::{AuditLog, Store};
+use confide_server::{Config, open_store, start};
+use rand::rngs::OsRng;
+
+#[derive(Parser)]
+#[command(
+    name = "confide",
+    version,
+    about = "End-to-end encrypted telemedicine server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Directory for the SQLite file, the TLS certificate and the master key file.
+    #[arg(long, env = "CONFIDE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// sqlite://FILE or postgres://USER@HOST/DB (default: SQLite in the data directory).
+    #[arg(long, env = "CONFIDE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// File holding the master key (64 hex digits); default DATA_DIR/master.key.
+    /// CONFIDE_MASTER_KEY (the key itself) takes precedence.
+    #[arg(long, env = "CONFIDE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+impl Common {
+    fn config(&self) -> Config {
+        let mut c = Config::new(self.data_dir.clone());
+        c.database_url = self.database_url.clone();
+        c.master_key_file = self.master_key_file.clone();
+        c.master_key = std::env::var("CONFIDE_MASTER_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        c
+    }
+}
+
+/// Media plane options of `serve`.
+#[derive(clap::Args)]
+struct MediaArgs {
+    /// `sfu` (default): all media through the built-in SFU. `p2p`: development only.
+    #[arg(
+        long = "media",
+        env = "CONFIDE_MEDIA",
+        value_enum,
+        default_value = "sfu"
+    )]
+    mode: confide_server::media::MediaMode,
+    /// Address the SFU's UDP sockets bind to.
+    #[arg(long, env = "CONFIDE_MEDIA_BIND", default_value = "127.0.0.1")]
+    media_bind: std::net::IpAddr,
+    /// Address browsers reach the SFU at (required when binding 0.0.0.0).
+    #[arg(long, env = "CONFIDE_MEDIA_PUBLIC_IP")]
+    media_public_ip: Option<std::net::IpAddr>,
+    /// UDP port of the first SFU worker (worker i uses port + i); 0 picks free ports.
+    #[arg(long, env = "CONFIDE_MEDIA_PORT", default_value_t = 0)]
+    media_port: u16,
+    /// SFU worker threads (one UDP socket each); 0 means one per core.
+    #[arg(long, env = "CONFIDE_MEDIA_WORKERS", default_value_t = 0)]
+    media_workers: usize,
+}
+
+impl MediaArgs {
+    fn into_config(self) -> confide_server::media::MediaConfig {
+        confide_server::media::MediaConfig {
+            mode: self.mode,
+            bind_ip: self.media_bind,
+            public_ip: self.media_public_ip,
+            port: self.media_port,
+            workers: self.media_workers,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve HTTPS (REST, /ws, static client) on one port.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, env = "CONFIDE_BIND", default_value = "127.0.0.1:8443")]
+        bind: SocketAddr,
+        /// Seed the demo clinic (accounts and an appointment starting now) first.
+        #[arg(long)]
+        demo: bool,
+        #[arg(long, env = "CONFIDE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, env = "CONFIDE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Directory of the browser client (default: crates/web/static if present).
+        #[arg(long, env = "CONFIDE_STATIC_DIR")]
+        static_dir: Option<PathBuf>,
+        /// Automatic logoff after this many idle seconds.
+        #[arg(long, env = "CONFIDE_IDLE_TIMEOUT_S", default_value_t = 900)]
+        idle_timeout_s: i64,
+        /// Consultations open this many seconds before the start and close this many after the end.
+        #[arg(long, env = "CONFIDE_JOIN_GRACE_S", default_value_t = 900)]
+        join_grace_s: i64,
+        #[command(flatten)]
+        media: MediaArgs,
+        /// Admin listener (plain HTTP, `/metrics` for Prometheus); `off` disables it.
+        #[arg(long, env = "CONFIDE_ADMIN_BIND", default_value = "127.0.0.1:9443")]
+        admin_bind: String,
+    },
+    /// Seed the demo clinic and print its credentials (demo only).
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Print machine-readable JSON (accounts, passwords, TOTP secrets, appointment id).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tamper-evident audit log: verify, export, check, per-patient report.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: confide_server::audit_cmd::AuditCmd,
+    },
+    /// Administration: accounts, keys, audit.
+    Admin {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Create an account; the password is read from CONFIDE_NEW_PASSWORD.
+    CreateAccount {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        display_name: String,
+        #[arg(long)]
+        contact: Option<String>,
+    },
+    /// Disable an account and revoke its sessions.
+    DisableAccount {
+        #[arg(long)]
+        username: String,
+    },
+    /// Print a fresh random master key (hex).
+    GenMasterKey,
+    /// Re-wrap the data keys under a new master key read from FILE.
+    RotateMasterKey {
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+    /// Make a new data key and re-seal every sealed value under it.
+    RotateDataKey,
+    /// Print recent audit events as JSON lines.
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        action: Option<String>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match Role::parse(s) {
+        Some(Role::Guest) | None => Err("role: doctor, patient, staff or admin".into()),
+        Some(r) => Ok(r),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            common,
+            bind,
+            demo,
+            tls_cert,
+            tls_key,
+            static_dir,
+            idle_timeout_s,
+            join_grace_s,
+            media,
+            admin_bind,
+        } => {
+            let mut cfg = common.config();
+            cfg.bind = bind;
+            cfg.demo = demo;
+            cfg.tls_cert = tls_cert;
+            cfg.tls_key = tls_key;
+            cfg.static_dir = static_dir;
+            cfg.settings.idle_timeout_s = idle_timeout_s.max(60);
+            cfg.settings.join_grace_s = join_grace_s.max(0);
+            cfg.media = media.into_config();
+            cfg.admin_bind = match admin_bind.as_str() {
+                "off" | "" => None,
+                a => Some(
+                    a.parse()
+                        .context("--admin-bind: an address like 127.0.0.1:9443")?,
+                ),
+            };
+            let running = start(cfg).await?;
+            println!("Confide listening on https://{}", running.addr);
+            println!(
+                "TLS certificate SHA-256 fingerprint: {}",
+                running.fingerprint
+            );
+            if let Some(admin) = &running.admin {
+                println!("Metrics on http://{}/metrics", admin.addr);
+            }
+            if let Some(demo) = &running.demo {
+                print_demo(demo, running.addr);
+            }
+            let handle = running.handle.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            running.wait().await
+        }
+        Cmd::Demo { common, json } => {
+            let cfg = common.config();
+            let (store, _, keyring) = open_store(&cfg).await?;
+            let info = ops::seed_demo(store.as_ref(), &keyring, &cfg.settings.terms_version, now())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_demo(&info, cfg.bind);
+            }
+            Ok(())
+        }
+        Cmd::Admin { common, cmd } => admin(common.config(), cmd).await,
+        Cmd::Audit { common, cmd } => confide_server::audit_cmd::run(common.config(), cmd).await,
+    }
+}
+
+fn print_demo(info: &DemoInfo, addr: SocketAddr) {
+    println!();
+    println!("Demo clinic (demo credentials; never use them for real patients):");
+    for a in &info.accounts {
+        print!(
+            "  {:<8} username {:<8} password {}",
+            a.role.as_str(),
+            a.username,
+            a.password
+        );
+        if let Some(s) = &a.totp_secret {
+            print!("  TOTP secret {s}");
+        }
+        println!();
+    }
+    println!(
+        "  appointment {} starts now; open https://{addr}/ and log in.",
+        info.appointment_id.0
+    );
+    println!("  TOTP codes: add the otpauth URL to an authenticator, e.g.");
+    for a in info.accounts.iter().filter(|a| a.otpauth_url.is_some()) {
+        if let Some(u) = &a.otpauth_url {
+            println!("    {u}");
+        }
+    }
+    println!("  Machine-readable: confide demo --json");
+}
+
+async fn admin(cfg: Config, cmd: AdminCmd) -> anyhow::Result<()> {
+    if let AdminCmd::GenMasterKey = cmd {
+        println!("{}", MasterKey::generate(&mut OsRng).to_hex().as_str());
+        return Ok(());
+    }
+    let (store, master, keyring) = open_store(&cfg).await?;
+    let t = now();
+    let cli_event = |action: AuditAction, target: String| {
+        confide_server::confide_signaling::audit::AuditEvent::new(
+            "cli",
+            action,
+            confide_server::confide_signaling::audit::Outcome::Success,
+            t,
+        )
+        .role(Role::Admin)
+        .target(target)
+    };
+    match cmd {
+        AdminCmd::GenMasterKey => {}
+        AdminCmd::CreateAccount {
+            username,
+            role,
+            display_name,
+            contact,
+        } => {
+            let password =
+                std::env::var("CONFIDE_NEW_PASSWORD").context("set CONFIDE_NEW_PASSWORD")?;
+            let id = ops::create_account(
+                store.as_ref(),
+                &keyring,
+                ops::AccountSpec {
+                    username,
+                    role,
+                    password,
+                    display_name,
+                    contact,
+                },
+            )
+            .await?;
+            store
+                .record_audit(cli_event(AuditAction::AccountCreated, id.to_string()))
+                .await?;
+            println!("created {id}; the user enrols TOTP at first login");
+        }
+        AdminCmd::DisableAccount { username } => {
+            let a = store
+                .account_by_username(&username)
+                .await?
+                .context("no such account")?;
+            store.set_account_disabled(a.id, true).await?;
+            let n = store.revoke_account_sessions(a.id).await?;
+            store
+                .record_audit(cli_event(AuditAction::AccountDisabled, a.id.to_string()))
+                .await?;
+            println!("disabled {}; revoked {n} sessions", a.id);
+        }
+        AdminCmd::RotateMasterKey { new_key_file } => {
+            let text = std::fs::read_to_string(&new_key_file).context("reading the new key")?;
+            let new = MasterKey::parse(&text)?;
+            let n = rotate_master_key(store.as_ref(), &master, &new, t).await?;
+            store
+                .record_audit(cli_event(AuditAction::KeyRotated, "master-key".into()))
+                .await?;
+            println!("re-wrapped {n} data keys; now point CONFIDE_MASTER_KEY_FILE at the new key");
+        }
+        AdminCmd::RotateDataKey => {
+            let id = rotate_data_key(store.as_ref(), &master, t).await?;
+            store
+                .record_audit(cli_event(AuditAction::KeyRotated, format!("data-key:{id}")))
+                .await?;
+            println!("data key {id} is active; every sealed value was re-sealed");
+        }
+        AdminCmd::Audit { limit, action } => {
+            let action = match action {
+                Some(a) => Some(AuditAction::parse(&a).context("unknown action")?),
+                None => None,
+            };
+            let all = store
+                .audit_events(AuditFilter {
+                    action,
+                    ..Default::default()
+                })
+                .await?;
+            let skip = all.len().saturating_sub(limit.max(0) as usize);
+            for r in &all[skip..] {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        }
+    }
+    Ok(())
+}

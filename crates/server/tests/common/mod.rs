@@ -1,0 +1,316 @@
+//! Test harness: a real server on 127.0.0.1:0 with TLS, REST and WSS clients that
+//! trust its self-signed certificate, and direct access to the audit log.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use confide_server::confide_signaling::audit::{AuditAction, AuditFilter, AuditRecord};
+use confide_server::confide_signaling::auth::TotpSecret;
+use confide_server::confide_signaling::http::now;
+use confide_server::confide_signaling::model::{AccountId, AppointmentId, Role};
+use confide_server::confide_signaling::ops::{self, DemoInfo};
+use confide_server::confide_signaling::store::Store;
+use confide_server::{Config, Running, start};
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct TestServer {
+    pub running: Running,
+    pub demo: DemoInfo,
+    pub http: reqwest::Client,
+    pub data_dir: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn server() -> TestServer {
+    server_with(|_| {}).await
+}
+
+pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path().join("data"));
+    cfg.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.demo = true;
+    cfg.static_dir = Some(dir.path().join("no-static"));
+    // These tests drive signaling with made-up SDP, which only the peer-to-peer relay
+    // passes through; the SFU path has its own tests.
+    cfg.media.mode = confide_server::media::MediaMode::P2p;
+    tweak(&mut cfg);
+    let running = start(cfg).await.unwrap();
+    let demo = running.demo.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&running.cert_der).unwrap())
+        .tls_built_in_root_certs(false)
+        .resolve("localhost", running.addr)
+        .build()
+        .unwrap();
+    TestServer {
+        running,
+        demo,
+        http,
+        data_dir: dir.path().join("data"),
+        _dir: dir,
+    }
+}
+
+pub fn code(secret_b32: &str) -> String {
+    TotpSecret::from_base32(secret_b32)
+        .unwrap()
+        .code_at(now().secs())
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.running.addr.port(), path)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.running.state.store
+    }
+
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.http.request(m, self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp { status, body }
+    }
+
+    pub fn demo_account(&self, role: Role) -> (String, String, Option<String>) {
+        let a = self.demo.account(role).unwrap();
+        (
+            a.username.clone(),
+            a.password.clone(),
+            a.totp_secret.clone(),
+        )
+    }
+
+    /// Log a demo account in (with a TOTP code when it has a secret).
+    pub async fn login_demo(&self, role: Role) -> String {
+        let (u, p, s) = self.demo_account(role);
+        self.login(&u, &p, s.as_deref()).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str, totp_secret: Option<&str>) -> String {
+        let mut body = json!({"username": username, "password": password});
+        if let Some(s) = totp_secret {
+            body["totp"] = json!(code(s));
+        }
+        let r = self.req("POST", "/api/login", None, Some(body)).await;
+        assert_eq!(r.status, 200, "login {username}: {:?}", r.body);
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// Create an extra account with the given role (TOTP enabled for clinicians);
+    /// returns (id, password, TOTP secret).
+    pub async fn add_account(
+        &self,
+        username: &str,
+        role: Role,
+    ) -> (AccountId, String, Option<String>) {
+        let password = format!("{username}-password");
+        let id = ops::create_account(
+            self.store().as_ref(),
+            &self.running.state.keyring,
+            ops::AccountSpec {
+                username: username.into(),
+                role,
+                password: password.clone(),
+                display_name: format!("Test {username}"),
+                contact: None,
+            },
+        )
+        .await
+        .unwrap();
+        let secret = if role.requires_mfa() {
+            let s = TotpSecret::generate(&mut OsRng);
+            ops::enable_totp_directly(self.store().as_ref(), &self.running.state.keyring, id, &s)
+                .await
+                .unwrap();
+            Some(s.base32())
+        } else {
+            None
+        };
+        if role == Role::Patient {
+            self.store()
+                .record_consent(&id.to_string(), &self.demo.terms_version, now())
+                .await
+                .unwrap();
+        }
+        (id, password, secret)
+    }
+
+    pub async fn audit(&self, action: AuditAction) -> Vec<AuditRecord> {
+        self.store()
+            .audit_events(AuditFilter {
+                action: Some(action),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn all_audit(&self) -> Vec<AuditRecord> {
+        self.store()
+            .audit_events(AuditFilter::default())
+            .await
+            .unwrap()
+    }
+
+    /// Audit events of `action`, waiting up to 2 s for at least one: a WebSocket peer
+    /// can see the effect of an action a moment before its event is written.
+    pub async fn audit_eventually(&self, action: AuditAction) -> Vec<AuditRecord> {
+        for _ in 0..40 {
+            let all = self.audit(action).await;
+            if !all.is_empty() {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Vec::new()
+    }
+
+    /// Assert that an audit event with `action`, `actor` and `detail` exists (waiting
+    /// up to 2 s for it).
+    pub async fn expect_audit(
+        &self,
+        action: AuditAction,
+        actor: &str,
+        detail: Option<&str>,
+    ) -> AuditRecord {
+        let matches = |r: &AuditRecord| {
+            r.event.actor == actor && (detail.is_none() || r.event.detail.as_deref() == detail)
+        };
+        let mut all = Vec::new();
+        for _ in 0..40 {
+            all = self.audit(action).await;
+            if let Some(r) = all.iter().find(|r| matches(r)) {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no {action:?} by {actor} with {detail:?}; have {all:#?}")
+    }
+
+    pub fn appointment(&self) -> AppointmentId {
+        self.demo.appointment_id
+    }
+
+    pub async fn ws(&self) -> Ws {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                self.running.cert_der.clone(),
+            ))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(self.running.addr).await.unwrap();
+        let url = format!("wss://localhost:{}/ws", self.running.addr.port());
+        let (stream, _) = tokio_tungstenite::client_async_tls_with_config(
+            url,
+            tcp,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(Arc::new(config))),
+        )
+        .await
+        .unwrap();
+        Ws { stream }
+    }
+
+    /// A WebSocket that said hello with `token` and got `welcome`.
+    pub async fn ws_authed(&self, token: &str) -> Ws {
+        let mut ws = self.ws().await;
+        ws.send(json!({"type": "hello", "version": 1, "token": token}))
+            .await;
+        let w = ws.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        ws
+    }
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, s: String) {
+        self.stream.send(Message::Text(s.into())).await.unwrap();
+    }
+
+    /// Next JSON frame (5 s timeout); `{"type":"closed"}` when the server closed.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match next {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    return json!({"type": "closed"});
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Skip frames until one of `ty` arrives.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+            assert_ne!(v["type"], "closed", "closed while waiting for {ty}");
+        }
+    }
+
+    /// Expect the next frame to be `error` with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["type"], "error", "expected error {code}, got {v}");
+        assert_eq!(v["code"], code, "{v}");
+        v
+    }
+
+    pub async fn join(&mut self, appt: AppointmentId) {
+        self.send(json!({"type": "join", "consultation": appt.0}))
+            .await;
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTPS front: security headers, static files with the right MIME types,
+//! health checks, and no plaintext.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_static_files_and_health() {
+    let static_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        static_dir.path().join("index.html"),
+        "<!doctype html><title>client</title>",
+    )
+    .unwrap();
+    std::fs::create_dir(static_dir.path().join("pkg")).unwrap();
+    std::fs::write(
+        static_dir.path().join("pkg/e2ee_bg.wasm"),
+        b"\0asm\x01\0\0\0",
+    )
+    .unwrap();
+    std::fs::write(static_dir.path().join("app.js"), "export {}").unwrap();
+    let dir = static_dir.path().to_path_buf();
+    let ts = server_with(move |c| c.static_dir = Some(dir)).await;
+
+    let r = ts.http.get(ts.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("'wasm-unsafe-eval'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("'unsafe-eval'") || csp.contains("'wasm-unsafe-eval'"));
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.contains_key("strict-transport-security"));
+    assert!(r.text().await.unwrap().contains("client"));
+
+    let wasm = ts
+        .http
+        .get(ts.url("/pkg/e2ee_bg.wasm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wasm.headers()["content-type"], "application/wasm");
+    let js = ts.http.get(ts.url("/app.js")).send().await.unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+
+    assert_eq!(
+        ts.http
+            .get(ts.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        ts.http
+            .get(ts.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let api = ts.http.get(ts.url("/api/nope")).send().await.unwrap();
+    assert_eq!(api.status(), 404);
+    assert_eq!(api.headers()["cache-control"], "no-store");
+
+    // Plain HTTP on the port gets no HTTP answer: there is only TLS.
+    let mut tcp = tokio::net::TcpStream::connect(ts.running.addr)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .map(|r| r.unwrap_or(0))
+        .unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+}

@@ -1,0 +1,59 @@
+// REST calls (docs/protocol.md). The session token is kept in sessionStorage: it dies
+// with the tab and is never put in a URL.
+
+const TOKEN_KEY = 'confide.token';
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code || '';
+  }
+}
+
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(t) {
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+async function request(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  const t = token();
+  if (t) headers.Authorization = `Bearer ${t}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(`/api${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+  } catch {
+    throw new ApiError(0, 'network', 'The server cannot be reached. Check your connection.');
+  }
+  if (res.status === 204) return null;
+  let data = null;
+  try { data = await res.json(); } catch { data = null; }
+  if (!res.ok) {
+    const e = (data && data.error) || {};
+    throw new ApiError(res.status, e.code, e.message);
+  }
+  return data;
+}
+
+export const api = {
+  login: (username, password, totp) =>
+    request('POST', '/login', totp ? { username, password, totp } : { username, password }),
+  logout: () => request('POST', '/logout'),
+  me: () => request('GET', '/me'),
+  appointments: () => request('GET', '/appointments'),
+  consentTerms: () => request('GET', '/consent/terms'),
+  consentStatus: () => request('GET', '/consent'),
+  acceptConsent: (version) => request('POST', '/consent', { version }),
+};

@@ -1,0 +1,404 @@
+// Entry point: routing between views, login, appointment list, pre-call check and
+// consent. The consultation itself (waiting room, call) lives in call.js.
+//
+// Routes (hash): #/login, #/appointments, #/consultation/<appointment id>.
+// Test flag: `?test=1` lets the end-to-end test read plaintext samples from the sender
+// transform (see e2ee-worker.js, collectSample). They never leave the page.
+
+import { api, ApiError, token, setToken } from './api.js';
+import { e2eeSupport } from './e2ee.js';
+import { Consultation } from './call.js';
+import { $, showView, showMessage, setError, el, formatWhen, banner } from './ui.js';
+
+const TEST_MODE = new URLSearchParams(location.search).get('test') === '1';
+
+const state = {
+  me: null,            // GET /api/me
+  appointments: null,  // GET /api/appointments
+  media: null,         // MediaStream from the pre-call check
+  consultation: null,  // the running Consultation
+  afterLogin: null,    // route to go back to after logging in
+  precall: null,       // cleanup of the pre-call level meter
+};
+
+// ------------------------------------------------------------------ routing
+
+function route() {
+  const hash = location.hash || '#/';
+  const m = hash.match(/^#\/consultation\/(\d+)$/);
+  if (!token() && hash !== '#/login') {
+    state.afterLogin = hash === '#/' ? null : hash;
+    location.hash = '#/login';
+    return;
+  }
+  if (hash === '#/login') return showLogin();
+  if (m) return openConsultation(Number(m[1]));
+  if (hash === '#/appointments' || hash === '#/') return showAppointments();
+  location.hash = '#/appointments';
+}
+
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+window.addEventListener('hashchange', () => {
+  // Leaving the call view by navigation leaves the consultation.
+  if (state.consultation && !location.hash.startsWith('#/consultation/')) {
+    state.consultation.leave();
+    state.consultation = null;
+  }
+  route();
+});
+
+// ------------------------------------------------------------------ session
+
+function authFailed(e) {
+  if (e instanceof ApiError && (e.status === 401 || e.code === 'session_expired')) {
+    setToken(null);
+    state.me = null;
+    go('#/login');
+    return true;
+  }
+  return false;
+}
+
+async function loadMe() {
+  if (!state.me) state.me = await api.me();
+  const who = $('who');
+  who.textContent = `${state.me.label} (${state.me.role})`;
+  who.hidden = false;
+  $('logout').hidden = false;
+  return state.me;
+}
+
+$('logout').addEventListener('click', async () => {
+  if (state.consultation) { state.consultation.leave(); state.consultation = null; }
+  stopMedia();
+  try { await api.logout(); } catch { /* the token is dropped either way */ }
+  setToken(null);
+  state.me = null;
+  state.appointments = null;
+  $('who').hidden = true;
+  $('logout').hidden = true;
+  go('#/login');
+});
+
+// ------------------------------------------------------------------ login
+
+function showLogin() {
+  $('who').hidden = true;
+  $('logout').hidden = true;
+  setError('login-error', null);
+  $('login-totp-field').hidden = true;
+  $('login-totp').value = '';
+  showView('login');
+  $('login-username').focus();
+}
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const username = $('login-username').value.trim();
+  const password = $('login-password').value;
+  const totp = $('login-totp').value.trim();
+  if (!username || !password) {
+    setError('login-error', 'Enter your username and password.');
+    return;
+  }
+  const btn = $('login-submit');
+  btn.disabled = true;
+  setError('login-error', null);
+  try {
+    const res = await api.login(username, password, totp || undefined);
+    if (res && res.mfa_enrollment_required) {
+      setError('login-error', 'Your account needs an authenticator app before you can log in. Ask your clinic administrator to set it up.');
+      return;
+    }
+    setToken(res.token);
+    $('login-password').value = '';
+    $('login-totp').value = '';
+    state.me = null;
+    state.appointments = null;
+    const next = state.afterLogin || '#/appointments';
+    state.afterLogin = null;
+    go(next);
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 'mfa_required') {
+      $('login-totp-field').hidden = false;
+      setError('login-error', totp ? 'That code was not accepted. Enter the current code.' : null);
+      $('login-totp').focus();
+    } else if (err instanceof ApiError && err.status === 429) {
+      setError('login-error', 'Too many attempts. Wait a minute and try again.');
+    } else if (err instanceof ApiError && err.status === 401) {
+      setError('login-error', 'The username, password or code is not correct.');
+    } else {
+      setError('login-error', err.message);
+    }
+  } finally {
+    btn.disabled = false;
+  }
+});
+
+// ------------------------------------------------------------------ appointments
+
+async function showAppointments() {
+  stopMedia();
+  showView('loading');
+  try {
+    await loadMe();
+    state.appointments = await api.appointments();
+  } catch (e) {
+    if (authFailed(e)) return;
+    showMessage('error', 'Something went wrong', e.message, { home: false });
+    return;
+  }
+  const list = $('appointments-list');
+  list.replaceChildren();
+  const upcoming = state.appointments.filter((a) => a.status === 'booked');
+  $('appointments-empty').hidden = upcoming.length > 0;
+  for (const a of upcoming) {
+    const other = state.me.role === 'doctor'
+      ? (a.patient ? a.patient.label : 'No patient yet')
+      : a.doctor.label;
+    const join = el('a', { class: 'button primary', href: `#/consultation/${a.id}`, text: 'Join', 'data-appointment': String(a.id) });
+    join.setAttribute('aria-label', `Join the consultation with ${other}, ${formatWhen(a.start)}`);
+    list.append(el('li', {},
+      el('div', {},
+        el('div', { class: 'when', text: formatWhen(a.start) }),
+        el('div', { class: 'with', text: `With ${other}${a.reason ? ` — ${a.reason}` : ''}` })),
+      join));
+  }
+  showView('appointments');
+}
+
+// ------------------------------------------------------------------ consultation entry
+
+async function openConsultation(id) {
+  showView('loading');
+  let me;
+  try {
+    me = await loadMe();
+    state.appointments = await api.appointments();
+  } catch (e) {
+    if (authFailed(e)) return;
+    showMessage('error', 'Something went wrong', e.message);
+    return;
+  }
+  const appt = state.appointments.find((a) => a.id === id);
+  if (!appt || !['doctor', 'patient', 'guest'].includes(me.role)) {
+    // Checked again by the server when joining; refusing here means a stranger's
+    // browser never even asks for the camera.
+    showMessage('refused', 'You cannot join this consultation',
+      'This consultation is not one of yours. Only the clinician and the patient it was booked for can join it. ' +
+      'If you think this is a mistake, contact your clinic.');
+    return;
+  }
+  if (appt.status !== 'booked') {
+    showMessage('refused', 'This consultation is over', 'It has ended or was cancelled.');
+    return;
+  }
+  if (!e2eeSupport()) {
+    showMessage('unsupported', 'This browser cannot protect your consultation',
+      'Confide encrypts sound and picture on your device before they leave it, and this browser lacks the ' +
+      'feature needed for that (encoded media transforms). To keep the consultation private it will not ' +
+      'start without it. Please use a current version of Chrome, Edge, Safari or Firefox.');
+    return;
+  }
+  const ok = await precallCheck();
+  if (!ok) return;
+  if (me.role !== 'doctor') {
+    const consented = await consentStep();
+    if (!consented) return;
+  }
+  startConsultation(appt, me);
+}
+
+// ------------------------------------------------------------------ pre-call check
+
+function explainMediaError(e) {
+  switch (e && e.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return 'Camera and microphone access is blocked. Allow it for this site (the camera icon in the address bar, ' +
+        'or your browser\'s site settings), then press "Try again".';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'No camera or microphone was found. Connect one, then press "Try again".';
+    case 'NotReadableError':
+    case 'AbortError':
+      return 'Your camera or microphone is in use by another application, or not working. Close the other ' +
+        'application, then press "Try again".';
+    default:
+      return `The camera and microphone could not be started (${(e && e.name) || 'unknown error'}).`;
+  }
+}
+
+function stopMedia() {
+  if (state.precall) { state.precall(); state.precall = null; }
+  if (state.media) {
+    for (const t of state.media.getTracks()) t.stop();
+    state.media = null;
+  }
+}
+
+async function getMedia(cameraId, micId) {
+  const video = cameraId ? { deviceId: { exact: cameraId } } : { width: { ideal: 1280 }, height: { ideal: 720 } };
+  const audio = micId ? { deviceId: { exact: micId } } : { echoCancellation: true, noiseSuppression: true };
+  return navigator.mediaDevices.getUserMedia({ video, audio });
+}
+
+async function fillDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  for (const [kind, selectId, track] of [['videoinput', 'precall-camera', state.media.getVideoTracks()[0]],
+    ['audioinput', 'precall-mic', state.media.getAudioTracks()[0]]]) {
+    const sel = $(selectId);
+    const current = track && track.getSettings().deviceId;
+    sel.replaceChildren();
+    let i = 1;
+    for (const d of devices.filter((x) => x.kind === kind)) {
+      const opt = el('option', { value: d.deviceId, text: d.label || `${kind === 'videoinput' ? 'Camera' : 'Microphone'} ${i}` });
+      if (d.deviceId === current) opt.selected = true;
+      sel.append(opt);
+      i++;
+    }
+  }
+}
+
+function levelMeter(stream) {
+  const AC = window.AudioContext || window.webkitAudioContext;
+  if (!AC || stream.getAudioTracks().length === 0) return () => {};
+  const ctx = new AC();
+  ctx.resume().catch(() => {});
+  const src = ctx.createMediaStreamSource(stream);
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 512;
+  src.connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  const meter = $('precall-level');
+  const timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const v of buf) sum += v * v;
+    meter.value = Math.min(1, Math.sqrt(sum / buf.length) * 4);
+  }, 100);
+  return () => { clearInterval(timer); ctx.close().catch(() => {}); };
+}
+
+function precallCheck() {
+  return new Promise((resolve) => {
+    showView('precall');
+    const cont = $('precall-continue');
+    const retry = $('precall-retry');
+    const video = $('precall-video');
+    cont.disabled = true;
+
+    const start = async (cameraId, micId) => {
+      setError('precall-error', null);
+      retry.hidden = true;
+      if (state.precall) { state.precall(); state.precall = null; }
+      if (state.media) for (const t of state.media.getTracks()) t.stop();
+      state.media = null;
+      try {
+        if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+          throw Object.assign(new Error('no media devices'), { name: 'SecurityError' });
+        }
+        state.media = await getMedia(cameraId, micId);
+      } catch (e) {
+        setError('precall-error', explainMediaError(e));
+        retry.hidden = false;
+        cont.disabled = true;
+        return;
+      }
+      video.srcObject = state.media;
+      $('precall-novideo').hidden = state.media.getVideoTracks().length > 0;
+      state.precall = levelMeter(state.media);
+      try { await fillDevices(); } catch { /* selectors stay empty */ }
+      cont.disabled = false;
+    };
+
+    const done = (ok) => {
+      cont.onclick = null;
+      retry.onclick = null;
+      $('precall-back').onclick = null;
+      $('precall-camera').onchange = null;
+      $('precall-mic').onchange = null;
+      if (state.precall) { state.precall(); state.precall = null; }
+      video.srcObject = null;
+      resolve(ok);
+    };
+    cont.onclick = () => done(true);
+    retry.onclick = () => start();
+    $('precall-back').onclick = () => { stopMedia(); done(false); go('#/appointments'); };
+    $('precall-camera').onchange = () => start($('precall-camera').value, $('precall-mic').value);
+    $('precall-mic').onchange = () => start($('precall-camera').value, $('precall-mic').value);
+    start();
+  });
+}
+
+// ------------------------------------------------------------------ consent
+
+async function consentStep() {
+  let status;
+  let terms;
+  try {
+    status = await api.consentStatus();
+    if (status.accepted) return true;
+    terms = await api.consentTerms();
+  } catch (e) {
+    if (authFailed(e)) return false;
+    showMessage('error', 'Something went wrong', e.message);
+    return false;
+  }
+  return new Promise((resolve) => {
+    const box = $('consent-text');
+    if (terms && terms.text) {
+      box.replaceChildren(...terms.text.split(/\n\s*\n/).map((p) => el('p', { text: p.trim() })));
+    }
+    $('consent-agree').checked = false;
+    setError('consent-error', null);
+    showView('consent');
+    const form = $('consent-form');
+    const finish = (ok) => { form.onsubmit = null; $('consent-back').onclick = null; resolve(ok); };
+    form.onsubmit = async (e) => {
+      e.preventDefault();
+      if (!$('consent-agree').checked) {
+        setError('consent-error', 'Please tick the box to agree, or go back.');
+        $('consent-agree').focus();
+        return;
+      }
+      try {
+        await api.acceptConsent(terms.version || status.current_version);
+        finish(true);
+      } catch (err) {
+        if (authFailed(err)) { finish(false); return; }
+        setError('consent-error', err.message);
+      }
+    };
+    $('consent-back').onclick = () => { stopMedia(); finish(false); go('#/appointments'); };
+  });
+}
+
+// ------------------------------------------------------------------ the consultation
+
+function startConsultation(appt, me) {
+  banner(null);
+  const c = new Consultation({
+    appointment: appt,
+    me,
+    media: state.media,
+    token: token(),
+    testMode: TEST_MODE,
+    onExit: (kind) => {
+      if (state.consultation === c) state.consultation = null;
+      stopMedia();
+      if (kind === 'auth') { setToken(null); state.me = null; go('#/login'); }
+    },
+  });
+  state.consultation = c;
+  if (TEST_MODE) window.confideTest = c.testHooks();
+  c.start();
+}
+
+// ------------------------------------------------------------------ start
+
+route();

@@ -1,0 +1,15 @@
+-- Audit events; owned by src/store/audit.rs.
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    source TEXT,
+    request_id TEXT,
+    priority TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX audit_action ON audit_events(action);

@@ -1,0 +1,440 @@
+//! Credentials, second factor, session tokens and login throttling. No I/O: the
+//! edge passes `now` and a CSPRNG in.
+
+use std::collections::HashMap;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::model::{AppointmentId, Principal, Role, Timestamp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("password hashing failed")]
+    Hash,
+}
+
+/// OWASP's argon2id baseline: m = 19 MiB, t = 2, p = 1.
+fn argon2() -> Argon2<'static> {
+    // The parameters are constants inside argon2's accepted range.
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hash a password to a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`).
+pub fn hash_password(
+    password: &str,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    rng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|_| AuthError::Hash)?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| AuthError::Hash)
+}
+
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => argon2().verify_password(password.as_bytes(), &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash to verify against when the account does not exist, so that both paths
+/// cost one argon2 run and timing does not tell whether an account exists.
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Yt7cJ8K8yQ7N1d0bq7m1kB2r0m9cXJ9lX0m3kqfQz3A";
+
+// ---------------------------------------------------------------- TOTP (RFC 6238)
+
+pub const TOTP_STEP_S: i64 = 30;
+pub const TOTP_DIGITS: usize = 6;
+
+/// A TOTP shared secret (160 bits, as RFC 4226 recommends). Zeroed on drop.
+pub struct TotpSecret(pub Zeroizing<Vec<u8>>);
+
+impl TotpSecret {
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        let mut b = vec![0u8; 20];
+        rng.fill_bytes(&mut b);
+        TotpSecret(Zeroizing::new(b))
+    }
+    pub fn from_bytes(b: Vec<u8>) -> Self {
+        TotpSecret(Zeroizing::new(b))
+    }
+    pub fn base32(&self) -> String {
+        totp_rs::Secret::Raw(self.0.to_vec())
+            .to_encoded()
+            .to_string()
+    }
+    pub fn from_base32(s: &str) -> Option<Self> {
+        totp_rs::Secret::Encoded(s.to_string())
+            .to_bytes()
+            .ok()
+            .map(Self::from_bytes)
+    }
+
+    fn totp(&self) -> totp_rs::TOTP {
+        totp_rs::TOTP::new_unchecked(
+            totp_rs::Algorithm::SHA1,
+            TOTP_DIGITS,
+            0,
+            TOTP_STEP_S as u64,
+            self.0.to_vec(),
+        )
+    }
+
+    /// The code for the 30 s step that contains `unix_secs`.
+    pub fn code_at(&self, unix_secs: i64) -> String {
+        self.totp().generate(unix_secs.max(0) as u64)
+    }
+
+    /// `otpauth://` URL for authenticator apps.
+    pub fn otpauth_url(&self, issuer: &str, account: &str) -> String {
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        format!(
+            "otpauth://totp/{}:{}?secret={}&issuer={}&algorithm=SHA1&digits={}&period={}",
+            enc(issuer),
+            enc(account),
+            self.base32(),
+            enc(issuer),
+            TOTP_DIGITS,
+            TOTP_STEP_S
+        )
+    }
+
+    /// Check `code` at `now`. Accepts the current step and at most one step back
+    /// (clock drift, a code typed just before it rolled over), and only steps after
+    /// `last_used_step`, so a code that was already accepted is refused. Returns the
+    /// step to record as used.
+    pub fn verify(&self, code: &str, now: Timestamp, last_used_step: Option<i64>) -> Option<i64> {
+        let code = code.trim();
+        if code.len() != TOTP_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let current = now.secs().div_euclid(TOTP_STEP_S);
+        let mut matched = None;
+        for step in [current, current - 1] {
+            let expect = self.code_at(step * TOTP_STEP_S);
+            // Check both steps so timing does not tell which one matched.
+            if bool::from(expect.as_bytes().ct_eq(code.as_bytes())) && matched.is_none() {
+                matched = Some(step);
+            }
+        }
+        let step = matched?;
+        match last_used_step {
+            Some(last) if step <= last => None,
+            _ => Some(step),
+        }
+    }
+}
+
+// ------------------------------------------------------------- tokens and codes
+
+/// A fresh random 256-bit bearer token (base64url) and the hash that is stored.
+pub fn new_token(rng: &mut (impl RngCore + CryptoRng)) -> (String, Vec<u8>) {
+    let mut b = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(&mut b[..]);
+    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &b[..]);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+/// Tokens carry 256 bits of entropy, so a fast hash is enough: there is nothing to
+/// brute-force, and a stolen table of hashes cannot be replayed as tokens.
+pub fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Ten single-use recovery codes like `k3q9-x7mv-2hfp`, and their hashes.
+pub fn recovery_codes(rng: &mut (impl RngCore + CryptoRng)) -> Vec<(String, Vec<u8>)> {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    (0..10)
+        .map(|_| {
+            let mut s = String::with_capacity(14);
+            for i in 0..12 {
+                if i > 0 && i % 4 == 0 {
+                    s.push('-');
+                }
+                let idx = (rng.next_u32() as usize) % ALPHABET.len();
+                s.push(ALPHABET[idx] as char);
+            }
+            let h = hash_recovery_code(&s);
+            (s, h)
+        })
+        .collect()
+}
+
+pub fn hash_recovery_code(code: &str) -> Vec<u8> {
+    let norm: String = code
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| *c != '-' && *c != ' ')
+        .collect();
+    hash_token(&format!("recovery:{norm}"))
+}
+
+// -------------------------------------------------------------------- sessions
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A full login.
+    Full,
+    /// Password was right, but a mandatory second factor is not enrolled yet: this
+    /// session may only enrol TOTP.
+    Enroll,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Full => "full",
+            SessionKind::Enroll => "enroll",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(SessionKind::Full),
+            "enroll" => Some(SessionKind::Enroll),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub token_hash: Vec<u8>,
+    pub principal: Principal,
+    pub role: Role,
+    pub kind: SessionKind,
+    /// Guest sessions are good for one appointment only.
+    pub scope: Option<AppointmentId>,
+    pub created_at: Timestamp,
+    pub last_seen: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionProblem {
+    #[error("revoked")]
+    Revoked,
+    #[error("absolute lifetime over")]
+    Expired,
+    #[error("idle timeout")]
+    Idle,
+}
+
+impl Session {
+    pub fn check(&self, now: Timestamp, idle_timeout_s: i64) -> Result<(), SessionProblem> {
+        if self.revoked {
+            Err(SessionProblem::Revoked)
+        } else if now >= self.expires_at {
+            Err(SessionProblem::Expired)
+        } else if now > self.last_seen.plus_secs(idle_timeout_s) {
+            Err(SessionProblem::Idle)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+// -------------------------------------------------------------------- throttle
+
+/// Growing delays after failed logins (NIST SP 800-63B 5.2.2), never a hard lock.
+///
+/// Keys are chosen by the edge: account+address (strict), address (many accounts
+/// from one place) and account alone (distributed guessing, with a low cap so an
+/// attacker cannot keep a clinician out for longer than `cap_s`).
+#[derive(Debug)]
+pub struct Throttle {
+    // Keys are attacker-influenced strings; std's HashMap is DoS-resistant (SipHash).
+    entries: HashMap<String, ThrottleEntry>,
+    max_entries: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ThrottleEntry {
+    failures: u32,
+    next_allowed: Timestamp,
+    last: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottlePolicy {
+    /// Failures allowed without any delay.
+    pub free: u32,
+    /// Upper bound of the delay.
+    pub cap_s: i64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            entries: HashMap::new(),
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl Throttle {
+    /// `Err(retry_after_s)` while the key must wait.
+    pub fn check(&self, key: &str, now: Timestamp) -> Result<(), i64> {
+        match self.entries.get(key) {
+            Some(e) if now < e.next_allowed => Err((e.next_allowed.0 - now.0 + 999) / 1000),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn handle_failure(&mut self, key: &str, policy: ThrottlePolicy, now: Timestamp) {
+        if self.entries.len() >= self.max_entries {
+            // Forget entries idle for an hour; failing that, start over rather than grow.
+            self.entries.retain(|_, e| now.0 - e.last.0 < 3_600_000);
+            if self.entries.len() >= self.max_entries {
+                self.entries.clear();
+            }
+        }
+        let e = self
+            .entries
+            .entry(key.to_string())
+            .or_insert(ThrottleEntry {
+                failures: 0,
+                next_allowed: now,
+                last: now,
+            });
+        e.failures = e.failures.saturating_add(1);
+        e.last = now;
+        let over = e.failures.saturating_sub(policy.free);
+        let delay = if over == 0 {
+            0
+        } else {
+            (1i64 << over.min(20)).min(policy.cap_s)
+        };
+        e.next_allowed = now.plus_secs(delay);
+    }
+
+    pub fn handle_success(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::OsRng;
+
+    #[test]
+    fn password_hash_is_argon2id_phc_with_owasp_params() {
+        let h = hash_password("correct horse", &mut OsRng).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "wrong"));
+        assert!(!verify_password("garbage", "x"));
+        assert!(!verify_password(DUMMY_HASH, "x"));
+    }
+
+    #[test]
+    fn totp_matches_rfc6238_sha1_vector() {
+        // RFC 6238 Appendix B, SHA1 secret "12345678901234567890", T = 59 -> 94287082
+        // (8 digits); with 6 digits the code is the last six.
+        let s = TotpSecret::from_bytes(b"12345678901234567890".to_vec());
+        assert_eq!(s.code_at(59), "287082");
+        assert_eq!(s.code_at(1111111109), "081804");
+    }
+
+    #[test]
+    fn totp_window_and_replay() {
+        let s = TotpSecret::generate(&mut OsRng);
+        let now = Timestamp::from_secs(1_800_000_015);
+        let cur = s.code_at(now.secs());
+        let prev = s.code_at(now.secs() - 30);
+        let older = s.code_at(now.secs() - 60);
+        let next = s.code_at(now.secs() + 30);
+        let step = s.verify(&cur, now, None).expect("current step");
+        assert_eq!(s.verify(&cur, now, Some(step)), None, "replay refused");
+        assert_eq!(s.verify(&prev, now, None), Some(step - 1));
+        assert_eq!(
+            s.verify(&prev, now, Some(step)),
+            None,
+            "older than last used"
+        );
+        assert_eq!(s.verify(&older, now, None), None, "two steps back refused");
+        assert_eq!(s.verify(&next, now, None), None, "future step refused");
+        assert_eq!(s.verify("12345", now, None), None);
+        let b32 = s.base32();
+        assert_eq!(
+            TotpSecret::from_base32(&b32).unwrap().code_at(0),
+            s.code_at(0)
+        );
+        assert!(s.otpauth_url("Confide", "dr x").contains("dr%20x"));
+    }
+
+    #[test]
+    fn tokens_and_recovery_codes() {
+        let (t, h) = new_token(&mut OsRng);
+        assert_eq!(t.len(), 43);
+        assert_eq!(hash_token(&t), h);
+        let codes = recovery_codes(&mut OsRng);
+        assert_eq!(codes.len(), 10);
+        let (c, h) = &codes[0];
+        assert_eq!(&hash_recovery_code(&c.to_uppercase()), h);
+    }
+
+    #[test]
+    fn session_checks() {
+        let t0 = Timestamp::from_secs(1000);
+        let s = Session {
+            token_hash: vec![],
+            principal: Principal::Guest(crate::model::InviteId(1)),
+            role: Role::Guest,
+            kind: SessionKind::Full,
+            scope: None,
+            created_at: t0,
+            last_seen: t0,
+            expires_at: t0.plus_secs(100),
+            revoked: false,
+        };
+        assert_eq!(s.check(t0.plus_secs(10), 15), Ok(()));
+        assert_eq!(s.check(t0.plus_secs(16), 15), Err(SessionProblem::Idle));
+        assert_eq!(
+            s.check(t0.plus_secs(100), 1000),
+            Err(SessionProblem::Expired)
+        );
+        let r = Session { revoked: true, ..s };
+        assert_eq!(r.check(t0, 15), Err(SessionProblem::Revoked));
+    }
+
+    #[test]
+    fn throttle_grows_and_resets() {
+        let mut th = Throttle::default();
+        let p = ThrottlePolicy { free: 2, cap_s: 8 };
+        let t = Timestamp::from_secs(0);
+        th.handle_failure("k", p, t);
+        th.handle_failure("k", p, t);
+        assert_eq!(th.check("k", t), Ok(()));
+        th.handle_failure("k", p, t);
+        assert_eq!(th.check("k", t), Err(2));
+        for _ in 0..10 {
+            th.handle_failure("k", p, t);
+        }
+        assert_eq!(th.check("k", t), Err(8), "capped");
+        assert_eq!(th.check("k", t.plus_secs(8)), Ok(()), "never a hard lock");
+        th.handle_success("k");
+        assert_eq!(th.check("k", t), Ok(()));
+    }
+}

@@ -1,0 +1,613 @@
+//! The axum edge: REST API, the `/ws` signaling endpoint, static files, health.
+//!
+//! [`router`] builds the whole `Router`; the server binary serves it over TLS with
+//! `ConnectInfo<SocketAddr>` (source addresses are audited) and spawns
+//! [`run_media`] once to drive the media plane.
+
+mod rest;
+mod ws;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use dashmap::DashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use rand::RngCore;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::audit::{AuditAction, AuditEvent, Outcome};
+use crate::auth::{Session, SessionKind, Throttle, hash_token};
+use crate::crypto::Keyring;
+use crate::media::{MediaEvent, MediaPlane};
+use crate::model::{AccountId, AppointmentId, ParticipantId, Principal, Role, Timestamp};
+use crate::room::MediaCmd;
+use crate::settings::Settings;
+use crate::store::{AccountRecord, Store, StoreError};
+
+pub use ws::Outbound;
+
+/// Wall clock in milliseconds; the only place the edge reads time.
+pub fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp(ms)
+}
+
+/// Shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub settings: Settings,
+    pub media: Arc<dyn MediaPlane>,
+    pub static_dir: Option<PathBuf>,
+    hub: Hub,
+    throttle: Mutex<Throttle>,
+    /// Requests per second per source address on the credential endpoints.
+    ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    media_cmds: mpsc::Sender<MediaCmd>,
+    media_cmd_rx: Mutex<Option<mpsc::Receiver<MediaCmd>>>,
+}
+
+/// Live consultations and connections.
+pub(crate) struct Hub {
+    // Keyed by our own ids (appointment row ids, counters).
+    #[allow(clippy::type_complexity)]
+    pub rooms: DashMap<AppointmentId, Arc<Mutex<ws::RoomSlot>>>,
+    pub conns: DashMap<ParticipantId, ws::ConnEntry>,
+    next_participant: AtomicU64,
+    next_media_room: AtomicU64,
+}
+
+impl Hub {
+    pub fn participant_id(&self) -> ParticipantId {
+        ParticipantId(self.next_participant.fetch_add(1, Ordering::Relaxed))
+    }
+    pub fn media_room_id(&self) -> crate::media::MediaRoomId {
+        crate::media::MediaRoomId(self.next_media_room.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        settings: Settings,
+        media: Arc<dyn MediaPlane>,
+        static_dir: Option<PathBuf>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        let per_ip = Quota::per_second(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN));
+        AppState(Arc::new(Inner {
+            store,
+            keyring,
+            settings,
+            media,
+            static_dir,
+            hub: Hub {
+                rooms: DashMap::new(),
+                conns: DashMap::new(),
+                next_participant: AtomicU64::new(1),
+                next_media_room: AtomicU64::new(1),
+            },
+            throttle: Mutex::new(Throttle::default()),
+            ip_limiter: RateLimiter::keyed(per_ip),
+            media_cmds: tx,
+            media_cmd_rx: Mutex::new(Some(rx)),
+        }))
+    }
+
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Write an audit event. A failure is logged loudly; the action it describes
+    /// has already been decided.
+    pub async fn audit(&self, e: AuditEvent) {
+        let action = e.action;
+        op_metrics::on_audit(action);
+        if let Err(err) = self.store.record_audit(e).await {
+            tracing::error!(action = action.as_str(), error = %err, "audit write failed");
+        }
+    }
+
+    pub(crate) fn queue_media(&self, cmd: MediaCmd) {
+        if self.media_cmds.try_send(cmd).is_err() {
+            tracing::error!("media command queue full; command dropped");
+        }
+    }
+
+    /// Number of live consultations (for tests and metrics).
+    pub fn live_rooms(&self) -> usize {
+        self.hub.rooms.len()
+    }
+
+    /// Live consultations with their admitted and waiting participants, counted at
+    /// once (the metrics endpoint calls this on each scrape; each room lock is held
+    /// only to count).
+    pub fn census(&self) -> Census {
+        let mut c = Census::default();
+        for slot in self.hub.rooms.iter() {
+            let slot = slot.value().lock();
+            if slot.retired {
+                continue;
+            }
+            c.consultations += 1;
+            c.admitted += slot.room.count(crate::room::MemberState::Admitted);
+            c.waiting += slot.room.count(crate::room::MemberState::Waiting);
+        }
+        c
+    }
+}
+
+/// What [`AppState::census`] counts. Numbers only: no names, no ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Live consultations.
+    pub consultations: usize,
+    /// Participants admitted to a live consultation.
+    pub admitted: usize,
+    /// Participants in a waiting room.
+    pub waiting: usize,
+}
+
+/// Operator metrics kept by signaling itself, through the `metrics` facade (a no-op
+/// until the server installs a recorder). Derived from audit actions so each is counted
+/// in exactly one place; labels are fixed words, never a person or an id.
+mod op_metrics {
+    use crate::audit::AuditAction;
+
+    pub(crate) const AUTH_FAILURES: &str = "confide_auth_failures_total";
+    pub(crate) const TOKEN_REVOCATIONS: &str = "confide_token_revocations_total";
+    pub(crate) const WS_CONNECTIONS: &str = "confide_websocket_connections";
+
+    pub(crate) fn on_audit(action: AuditAction) {
+        let (name, label) = match action {
+            AuditAction::LoginFailed => (AUTH_FAILURES, "login"),
+            AuditAction::LoginThrottled => (AUTH_FAILURES, "throttled"),
+            AuditAction::MfaFailed => (AUTH_FAILURES, "mfa"),
+            AuditAction::WsAuthFailed => (AUTH_FAILURES, "websocket"),
+            AuditAction::Logout => (TOKEN_REVOCATIONS, "logout"),
+            AuditAction::SessionExpired => (TOKEN_REVOCATIONS, "expired"),
+            AuditAction::TokenRevoked => (TOKEN_REVOCATIONS, "revoked"),
+            AuditAction::AccountDisabled => (TOKEN_REVOCATIONS, "account_disabled"),
+            _ => return,
+        };
+        let key = if name == AUTH_FAILURES {
+            "kind"
+        } else {
+            "reason"
+        };
+        metrics::counter!(name, key => label).increment(1);
+    }
+}
+pub(crate) use op_metrics::WS_CONNECTIONS;
+
+/// Drive the media plane: apply room commands in order and route its events to
+/// connections. Run once per state, for the life of the server.
+pub async fn run_media(state: AppState, mut events: mpsc::Receiver<MediaEvent>) {
+    let Some(mut cmds) = state.media_cmd_rx.lock().take() else {
+        tracing::error!("run_media started twice");
+        return;
+    };
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { break };
+                let res = match cmd {
+                    MediaCmd::Open(r) => state.media.open_room(r).await,
+                    MediaCmd::Admitted(r, p) => state.media.admitted(r, p).await,
+                    MediaCmd::Remove(r, p) => state.media.remove(r, p).await,
+                    MediaCmd::Close(r) => state.media.close_room(r).await,
+                };
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "media command failed");
+                }
+            }
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                ws::route_media_event(&state, ev);
+            }
+        }
+    }
+}
+
+/// Build the router: REST under `/api`, `/ws`, `/healthz`, `/readyz`, static `/`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/login", post(rest::login))
+        .route("/logout", post(rest::logout))
+        .route("/me", get(rest::me))
+        .route("/totp/enroll", post(rest::totp_enroll))
+        .route("/totp/confirm", post(rest::totp_confirm))
+        .route(
+            "/appointments",
+            get(rest::list_appointments).post(rest::book_appointment),
+        )
+        .route("/appointments/{id}/invites", post(rest::create_invite))
+        .route("/appointments/{id}/chat", get(rest::chat_history))
+        .route("/invites/redeem", post(rest::redeem_invite))
+        .route("/consent/terms", get(rest::consent_terms))
+        .route(
+            "/consent",
+            get(rest::consent_status).post(rest::consent_accept),
+        )
+        .route("/consent", delete(rest::consent_revoke))
+        .route(
+            "/admin/accounts",
+            get(rest::admin_accounts).post(rest::admin_create_account),
+        )
+        .route(
+            "/admin/accounts/{id}/disable",
+            post(rest::admin_disable_account),
+        )
+        .route("/admin/audit", get(rest::admin_audit))
+        .route("/admin/break-glass", post(rest::break_glass))
+        .route(
+            "/admin/break-glass/appointments/{id}",
+            get(rest::break_glass_appointment),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+
+    let static_service = match &state.static_dir {
+        Some(dir) if dir.is_dir() => {
+            let index = dir.join("index.html");
+            Router::new().fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
+        }
+        _ => Router::new().route("/", get(builtin_page)),
+    };
+
+    Router::new()
+        .nest("/api", api)
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(static_service)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::HeaderName::from_static("permissions-policy"),
+            HeaderValue::from_static("camera=(self), microphone=(self), geolocation=()"),
+        ))
+        .with_state(state)
+}
+
+/// 'wasm-unsafe-eval' lets the page instantiate the E2EE wasm module without
+/// allowing `eval`; frame-ancestors 'none' forbids framing (clickjacking).
+pub const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+     worker-src 'self' blob:; connect-src 'self'; img-src 'self' data: blob:; \
+     media-src 'self' blob: mediastream:; style-src 'self'; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+async fn builtin_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Confide</title></head>\
+         <body><h1>Confide</h1><p>The server is running. The browser client is not \
+         installed; the API is under <code>/api</code> and signaling at <code>/ws</code> \
+         (see docs/protocol.md).</p></body></html>",
+    )
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "store not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        }
+    }
+}
+
+// ------------------------------------------------------------------ errors
+
+/// Every REST error goes through here; bodies are generic and never carry
+/// internal details.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(&'static str),
+    /// Wrong credentials, unknown account or bad second factor: one text for all.
+    InvalidCredentials,
+    MfaRequired,
+    Unauthorized,
+    SessionExpired,
+    Forbidden,
+    NotFound,
+    Conflict(&'static str),
+    ConsentRequired,
+    InviteInvalid,
+    TooManyRequests(i64),
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", *m),
+            ApiError::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "invalid username, password or code",
+            ),
+            ApiError::MfaRequired => (
+                StatusCode::UNAUTHORIZED,
+                "mfa_required",
+                "a one-time code from your authenticator is required",
+            ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "log in first"),
+            ApiError::SessionExpired => (
+                StatusCode::UNAUTHORIZED,
+                "session_expired",
+                "session expired or revoked; log in again",
+            ),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "not allowed"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "not found"),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", *m),
+            ApiError::ConsentRequired => (
+                StatusCode::BAD_REQUEST,
+                "consent_required",
+                "accept the current telehealth terms first",
+            ),
+            ApiError::InviteInvalid => (
+                StatusCode::NOT_FOUND,
+                "invite_invalid",
+                "the invite link is invalid, used or expired",
+            ),
+            ApiError::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many attempts; wait and try again",
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ),
+        };
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail { code, message },
+            }),
+        )
+            .into_response();
+        if let ApiError::TooManyRequests(secs) = self
+            && let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => ApiError::Conflict("already exists"),
+            e => {
+                tracing::error!(error = %e, "store error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------- extractors
+
+/// Where a request came from and its id, for the audit log.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub ip: Option<IpAddr>,
+    pub request_id: String,
+}
+
+impl Ctx {
+    pub fn source(&self) -> Option<String> {
+        self.ip.map(|i| i.to_string())
+    }
+    pub fn event(
+        &self,
+        actor: impl Into<String>,
+        action: AuditAction,
+        outcome: Outcome,
+    ) -> AuditEvent {
+        AuditEvent::new(actor, action, outcome, now())
+            .source(self.source())
+            .request_id(Some(self.request_id.clone()))
+    }
+}
+
+pub(crate) fn request_id() -> String {
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Ctx {
+            ip,
+            request_id: request_id(),
+        })
+    }
+}
+
+/// A request with a valid session of any kind (full or enrolment-only).
+#[derive(Clone, Debug)]
+pub struct AnySession {
+    pub session: Session,
+    pub ctx: Ctx,
+}
+
+impl AnySession {
+    pub fn actor(&self) -> String {
+        self.session.principal.to_string()
+    }
+    pub fn account_id(&self) -> Option<AccountId> {
+        match self.session.principal {
+            Principal::Account(a) => Some(a),
+            Principal::Guest(_) => None,
+        }
+    }
+    pub fn event(&self, action: AuditAction, outcome: Outcome) -> AuditEvent {
+        self.ctx
+            .event(self.actor(), action, outcome)
+            .role(self.session.role)
+    }
+}
+
+/// A request with a valid full session.
+#[derive(Clone, Debug)]
+pub struct Authed(pub AnySession);
+
+impl std::ops::Deref for Authed {
+    type Target = AnySession;
+    fn deref(&self) -> &AnySession {
+        &self.0
+    }
+}
+
+/// Look up and check a bearer token; touches the session on success. Shared by
+/// REST and the WebSocket `hello`.
+pub(crate) async fn check_token(
+    state: &AppState,
+    token: &str,
+    ctx: &Ctx,
+) -> Result<Session, ApiError> {
+    let hash = hash_token(token);
+    let Some(session) = state.store.session(&hash).await? else {
+        return Err(ApiError::Unauthorized);
+    };
+    let now = now();
+    if let Err(problem) = session.check(now, state.settings.idle_timeout_s) {
+        // Idle or expired sessions are revoked on first sight, so they stay dead.
+        if state.store.revoke_session(&hash).await? {
+            state
+                .audit(
+                    ctx.event(
+                        session.principal.to_string(),
+                        AuditAction::SessionExpired,
+                        Outcome::Success,
+                    )
+                    .role(session.role)
+                    .detail(problem.to_string()),
+                )
+                .await;
+        }
+        return Err(ApiError::SessionExpired);
+    }
+    if let Principal::Account(id) = session.principal {
+        match state.store.account(id).await? {
+            Some(a) if !a.disabled => {}
+            _ => return Err(ApiError::SessionExpired),
+        }
+    }
+    state.store.touch_session(&hash, now).await?;
+    Ok(session)
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v.strip_prefix("Bearer ")?.trim();
+    (!t.is_empty() && t.len() <= 512).then_some(t)
+}
+
+impl FromRequestParts<AppState> for AnySession {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ctx = Ctx::from_request_parts(parts, state).await?;
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let session = check_token(state, token, &ctx).await?;
+        Ok(AnySession { session, ctx })
+    }
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let s = AnySession::from_request_parts(parts, state).await?;
+        if s.session.kind != SessionKind::Full {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Authed(s))
+    }
+}
+
+// ------------------------------------------------------------- helpers
+
+/// The display label of an account, opened from its sealed column.
+pub(crate) fn label_of(state: &AppState, a: &AccountRecord) -> String {
+    state
+        .keyring
+        .open_string(crate::crypto::ctx::DISPLAY_NAME, &a.display_name)
+        .unwrap_or_else(|_| a.role.to_string())
+}
+
+/// Whether `role` may see the clinical content of appointments at all.
+pub(crate) fn clinical(role: Role) -> bool {
+    matches!(role, Role::Doctor | Role::Patient)
+}

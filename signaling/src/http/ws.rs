@@ -1,0 +1,747 @@
+//! The `/ws` endpoint: one task per connection turns frames into calls on the
+//! consultation state machine and the media plane, and writes replies.
+//!
+//! All writes to a socket go through its bounded outbound queue, so messages to one
+//! participant keep their order whoever produced them. Room outputs are dispatched
+//! while the room's lock is held (with `try_send`, never awaiting), which keeps the
+//! order of events inside a consultation the same for every participant.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{ApiError, AppState, Ctx, check_token, label_of, now};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
+use crate::auth::{SessionKind, hash_token};
+use crate::media::{MediaError, MediaEvent, MediaRoomId};
+use crate::model::{AppointmentId, AppointmentStatus, ParticipantId, Principal, Role, Timestamp};
+use crate::proto::{
+    ClientMsg, ErrorCode, LeaveReason, PROTOCOL_VERSION, ProtoError, ServerMsg, decode_b64,
+    decode_client,
+};
+use crate::room::{Consultation, JoinOutcome, Joiner, RoomError, RoomOutput};
+use crate::store::NewChat;
+
+/// What a connection task is asked to write.
+#[derive(Debug)]
+pub enum Outbound {
+    Msg(ServerMsg),
+    /// Close after everything queued before it has been written.
+    Close,
+}
+
+/// A room plus a flag set when it is taken out of the hub, so a joiner that raced
+/// with the removal retries on a fresh room instead of joining a dead one.
+pub(crate) struct RoomSlot {
+    pub room: Consultation,
+    pub retired: bool,
+}
+
+pub(crate) struct ConnEntry {
+    tx: mpsc::Sender<Outbound>,
+    media_room: MediaRoomId,
+}
+
+/// Frames larger than this close the connection at the WebSocket layer; smaller
+/// ones over the protocol limit get a `too_large` error frame instead.
+const WS_MAX_MESSAGE: usize = 1 << 20;
+const OUTBOUND_QUEUE: usize = 256;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_AUTH_FAILURES: u32 = 5;
+const TOUCH_EVERY_MS: i64 = 5_000;
+
+pub async fn upgrade(State(state): State<AppState>, ctx: Ctx, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| run(state, ctx, socket))
+}
+
+struct ConnAuth {
+    token_hash: Vec<u8>,
+    principal: Principal,
+    role: Role,
+    scope: Option<AppointmentId>,
+    label: String,
+}
+
+struct Conn {
+    id: ParticipantId,
+    ctx: Ctx,
+    tx: mpsc::Sender<Outbound>,
+    auth: Option<ConnAuth>,
+    room: Option<AppointmentId>,
+    auth_failures: u32,
+    rate_window: Instant,
+    rate_count: u32,
+    last_touch: Timestamp,
+}
+
+impl Conn {
+    fn send(&self, msg: ServerMsg) {
+        if self.tx.try_send(Outbound::Msg(msg)).is_err() {
+            tracing::debug!(participant = self.id.0, "outbound queue full");
+        }
+    }
+    fn error(&self, code: ErrorCode) {
+        self.send(ServerMsg::error(code));
+    }
+    fn close(&self) {
+        let tx = self.tx.clone();
+        if tx.try_send(Outbound::Close).is_err() {
+            tokio::spawn(async move {
+                let _ = tx.send(Outbound::Close).await;
+            });
+        }
+    }
+    fn actor(&self) -> String {
+        self.auth
+            .as_ref()
+            .map(|a| a.principal.to_string())
+            .unwrap_or_else(|| "anonymous".into())
+    }
+    fn event(&self, action: AuditAction, outcome: Outcome) -> AuditEvent {
+        let mut e = self.ctx.event(self.actor(), action, outcome);
+        e.role = self.auth.as_ref().map(|a| a.role);
+        e
+    }
+}
+
+async fn run(state: AppState, ctx: Ctx, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let mut conn = Conn {
+        id: state.hub().participant_id(),
+        ctx,
+        tx,
+        auth: None,
+        room: None,
+        auth_failures: 0,
+        rate_window: Instant::now(),
+        rate_count: 0,
+        last_touch: now(),
+    };
+    // Metrics: open WebSocket connections (decremented after `disconnect` below).
+    metrics::gauge!(super::WS_CONNECTIONS).increment(1.0);
+    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(hello_deadline);
+    let tick_ms = (state.settings.idle_timeout_s * 1000 / 3).clamp(200, 30_000) as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Text(t))) => handle_frame(&state, &mut conn, t.as_str()).await,
+                Some(Ok(Message::Binary(_))) => conn.send(ServerMsg::Error {
+                    code: ErrorCode::InvalidMessage,
+                    message: "binary frames are not part of the protocol".into(),
+                }),
+                Some(Ok(_)) => {}
+            },
+            out = rx.recv() => match out {
+                Some(Outbound::Msg(m)) => {
+                    let Ok(text) = serde_json::to_string(&m) else { continue };
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outbound::Close) | None => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                if !on_tick(&state, &mut conn).await {
+                    // Flush what on_tick queued (the error) before closing.
+                    while let Ok(Outbound::Msg(m)) = rx.try_recv() {
+                        if let Ok(text) = serde_json::to_string(&m) {
+                            let _ = sink.send(Message::Text(text.into())).await;
+                        }
+                    }
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            }
+            _ = &mut hello_deadline, if conn.auth.is_none() => {
+                let m = ServerMsg::error(ErrorCode::NotAuthenticated);
+                if let Ok(text) = serde_json::to_string(&m) {
+                    let _ = sink.send(Message::Text(text.into())).await;
+                }
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+        }
+    }
+    disconnect(&state, &mut conn).await;
+    metrics::gauge!(super::WS_CONNECTIONS).decrement(1.0);
+}
+
+async fn disconnect(state: &AppState, conn: &mut Conn) {
+    if let Some(appt) = conn.room.take() {
+        let left = with_room(state, appt, |r| {
+            r.handle_leave(now(), conn.id, LeaveReason::Disconnected)
+        });
+        if matches!(left, Some(Ok(()))) {
+            state
+                .audit(
+                    conn.event(AuditAction::Left, Outcome::Success)
+                        .target(appt)
+                        .detail("disconnected"),
+                )
+                .await;
+        }
+    }
+    state.hub().conns.remove(&conn.id);
+}
+
+/// False when the connection must close (session gone).
+async fn on_tick(state: &AppState, conn: &mut Conn) -> bool {
+    let t = now();
+    if let Some(appt) = conn.room {
+        with_room(state, appt, |r| r.handle_timeout(t));
+    }
+    let Some(auth) = &conn.auth else { return true };
+    let session = match state.store.session(&auth.token_hash).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return true,
+        Err(e) => {
+            tracing::warn!(error = %e, "session check failed");
+            return true;
+        }
+    };
+    // Being in a consultation is activity: the call must not log anyone off.
+    if conn.room.is_some() && !session.revoked {
+        let _ = state.store.touch_session(&auth.token_hash, t).await;
+        conn.last_touch = t;
+        if session.check(t, i64::MAX / 4000).is_ok() {
+            return true;
+        }
+    }
+    match session.check(t, state.settings.idle_timeout_s) {
+        Ok(()) => true,
+        Err(problem) => {
+            if state
+                .store
+                .revoke_session(&auth.token_hash)
+                .await
+                .unwrap_or(false)
+            {
+                state
+                    .audit(
+                        conn.event(AuditAction::SessionExpired, Outcome::Success)
+                            .detail(problem.to_string()),
+                    )
+                    .await;
+            }
+            conn.error(ErrorCode::SessionExpired);
+            false
+        }
+    }
+}
+
+fn rate_ok(state: &AppState, conn: &mut Conn) -> bool {
+    let n = Instant::now();
+    if n.duration_since(conn.rate_window) >= Duration::from_secs(1) {
+        conn.rate_window = n;
+        conn.rate_count = 0;
+    }
+    conn.rate_count += 1;
+    conn.rate_count <= state.settings.ws_msgs_per_s
+}
+
+async fn handle_frame(state: &AppState, conn: &mut Conn, text: &str) {
+    if !rate_ok(state, conn) {
+        conn.error(ErrorCode::RateLimited);
+        return;
+    }
+    let msg = match decode_client(text, &state.settings.limits) {
+        Ok(m) => m,
+        Err(e) => {
+            conn.send(e.into());
+            return;
+        }
+    };
+    if let Err(e) = handle_msg(state, conn, msg).await {
+        conn.send(e.into());
+    }
+}
+
+fn err(code: ErrorCode) -> ProtoError {
+    ProtoError {
+        code,
+        message: code.default_message().to_string(),
+    }
+}
+
+impl From<RoomError> for ProtoError {
+    fn from(e: RoomError) -> Self {
+        err(e.code())
+    }
+}
+
+async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result<(), ProtoError> {
+    if let ClientMsg::Hello { version, token } = msg {
+        return hello(state, conn, version, &token).await;
+    }
+    if conn.auth.is_none() {
+        return Err(err(ErrorCode::NotAuthenticated));
+    }
+    let t = now();
+    if t.0 - conn.last_touch.0 > TOUCH_EVERY_MS
+        && let Some(a) = &conn.auth
+    {
+        let _ = state.store.touch_session(&a.token_hash, t).await;
+        conn.last_touch = t;
+    }
+    match msg {
+        ClientMsg::Hello { .. } => Err(err(ErrorCode::AlreadyAuthenticated)),
+        ClientMsg::Ping { nonce } => {
+            conn.send(ServerMsg::Pong { nonce });
+            Ok(())
+        }
+        ClientMsg::Join { consultation } => join(state, conn, consultation).await,
+        ClientMsg::Admit { participant } => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            let res = with_room(state, appt, |r| r.handle_admit(t, conn.id, participant))
+                .unwrap_or(Err(RoomError::Ended));
+            let (action, outcome) = match res {
+                Ok(_) => (AuditAction::Admitted, Outcome::Success),
+                Err(_) => (AuditAction::AdmitRefused, Outcome::Denied),
+            };
+            let mut e = conn.event(action, outcome).target(participant);
+            e.detail = Some(match res {
+                Ok(role) => format!("{appt} {role}"),
+                Err(e) => format!("{appt} {}", e.code().as_str()),
+            });
+            state.audit(e).await;
+            res.map(|_| ()).map_err(Into::into)
+        }
+        ClientMsg::Deny { participant } => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            let res = with_room(state, appt, |r| r.handle_deny(t, conn.id, participant))
+                .unwrap_or(Err(RoomError::Ended));
+            let (action, outcome) = match res {
+                Ok(_) => (AuditAction::Denied, Outcome::Success),
+                Err(_) => (AuditAction::AdmitRefused, Outcome::Denied),
+            };
+            state
+                .audit(
+                    conn.event(action, outcome)
+                        .target(participant)
+                        .detail(appt.to_string()),
+                )
+                .await;
+            res.map(|_| ()).map_err(Into::into)
+        }
+        ClientMsg::Leave => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            let res = with_room(state, appt, |r| {
+                r.handle_leave(now(), conn.id, LeaveReason::Left)
+            })
+            .unwrap_or(Err(RoomError::NotMember));
+            conn.room = None;
+            state.hub().conns.remove(&conn.id);
+            state
+                .audit(conn.event(AuditAction::Left, Outcome::Success).target(appt))
+                .await;
+            res.map_err(Into::into)
+        }
+        ClientMsg::End => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            let res =
+                with_room(state, appt, |r| r.handle_end(conn.id)).unwrap_or(Err(RoomError::Ended));
+            match res {
+                Ok(()) => {
+                    conn.room = None;
+                    if let Err(e) = state
+                        .store
+                        .set_appointment_status(appt, AppointmentStatus::Ended)
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not mark the appointment ended");
+                    }
+                    state
+                        .audit(
+                            conn.event(AuditAction::Ended, Outcome::Success)
+                                .target(appt),
+                        )
+                        .await;
+                    Ok(())
+                }
+                Err(e) => {
+                    state
+                        .audit(
+                            conn.event(AuditAction::EndRefused, Outcome::Denied)
+                                .target(appt)
+                                .detail(e.code().as_str()),
+                        )
+                        .await;
+                    Err(e.into())
+                }
+            }
+        }
+        ClientMsg::MediaOffer { sdp } => {
+            let (room, who) = media_target(state, conn)?;
+            let media = state.media.clone();
+            let tx = conn.tx.clone();
+            tokio::spawn(async move {
+                let reply = match media.offer(room, who, sdp).await {
+                    Ok(answer) => ServerMsg::MediaAnswer { sdp: answer },
+                    Err(e) => media_error(&e),
+                };
+                let _ = tx.send(Outbound::Msg(reply)).await;
+            });
+            Ok(())
+        }
+        ClientMsg::MediaAnswer { sdp } => {
+            let (room, who) = media_target(state, conn)?;
+            let media = state.media.clone();
+            let tx = conn.tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = media.answer(room, who, sdp).await {
+                    let _ = tx.send(Outbound::Msg(media_error(&e))).await;
+                }
+            });
+            Ok(())
+        }
+        ClientMsg::IceCandidate { candidate } => {
+            let (room, who) = media_target(state, conn)?;
+            let media = state.media.clone();
+            let tx = conn.tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = media.candidate(room, who, candidate).await {
+                    let _ = tx.send(Outbound::Msg(media_error(&e))).await;
+                }
+            });
+            Ok(())
+        }
+        ClientMsg::E2ee { to, blob } => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            with_room(state, appt, |r| r.handle_e2ee(conn.id, to, blob))
+                .unwrap_or(Err(RoomError::Ended))
+                .map_err(Into::into)
+        }
+        ClientMsg::Chat { ciphertext } => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            with_room(state, appt, |r| r.check_chat(conn.id)).unwrap_or(Err(RoomError::Ended))?;
+            let bytes = decode_b64(&ciphertext, state.settings.limits.chat, "ciphertext")?;
+            let role = conn.auth.as_ref().map(|a| a.role).unwrap_or(Role::Guest);
+            let id = state
+                .store
+                .store_chat(NewChat {
+                    appointment: appt,
+                    sender: conn.id,
+                    sender_role: role,
+                    sent_at: t,
+                    ciphertext: bytes,
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "chat store failed");
+                    err(ErrorCode::Internal)
+                })?;
+            with_room(state, appt, |r| r.handle_chat(conn.id, id, t, ciphertext))
+                .unwrap_or(Err(RoomError::Ended))
+                .map_err(Into::into)
+        }
+    }
+}
+
+fn media_error(e: &MediaError) -> ServerMsg {
+    ServerMsg::Error {
+        code: ErrorCode::MediaError,
+        message: e.to_string(),
+    }
+}
+
+fn media_target(
+    state: &AppState,
+    conn: &Conn,
+) -> Result<(MediaRoomId, crate::media::MediaParticipantId), ProtoError> {
+    let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+    with_room(state, appt, |r| r.check_media(conn.id))
+        .unwrap_or(Err(RoomError::Ended))
+        .map_err(Into::into)
+}
+
+async fn hello(
+    state: &AppState,
+    conn: &mut Conn,
+    version: u32,
+    token: &str,
+) -> Result<(), ProtoError> {
+    if conn.auth.is_some() {
+        return Err(err(ErrorCode::AlreadyAuthenticated));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError {
+            code: ErrorCode::UnsupportedVersion,
+            message: format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+        });
+    }
+    let checked = check_token(state, token, &conn.ctx).await;
+    let session = match checked {
+        Ok(s) if s.kind == SessionKind::Full => s,
+        other => {
+            let code = match other {
+                Err(ApiError::SessionExpired) => ErrorCode::SessionExpired,
+                _ => ErrorCode::AuthFailed,
+            };
+            state
+                .audit(
+                    conn.event(AuditAction::WsAuthFailed, Outcome::Failure)
+                        .detail(code.as_str()),
+                )
+                .await;
+            conn.auth_failures += 1;
+            if conn.auth_failures >= MAX_AUTH_FAILURES {
+                conn.error(code);
+                conn.close();
+                return Ok(());
+            }
+            return Err(err(code));
+        }
+    };
+    let label = match session.principal {
+        Principal::Account(id) => match state.store.account(id).await {
+            Ok(Some(a)) => label_of(state, &a),
+            _ => session.role.to_string(),
+        },
+        Principal::Guest(_) => "Guest".into(),
+    };
+    conn.auth = Some(ConnAuth {
+        token_hash: hash_token(token),
+        principal: session.principal.clone(),
+        role: session.role,
+        scope: session.scope,
+        label,
+    });
+    conn.send(ServerMsg::Welcome {
+        version: PROTOCOL_VERSION,
+        role: session.role,
+        idle_timeout_s: state.settings.idle_timeout_s.max(0) as u64,
+    });
+    state
+        .audit(conn.event(AuditAction::WsAuthOk, Outcome::Success))
+        .await;
+    Ok(())
+}
+
+async fn join(state: &AppState, conn: &mut Conn, id: AppointmentId) -> Result<(), ProtoError> {
+    let refuse = |code: ErrorCode| {
+        conn.event(AuditAction::JoinRefused, Outcome::Denied)
+            .target(id)
+            .detail(code.as_str())
+    };
+    if conn.room.is_some() {
+        state.audit(refuse(ErrorCode::AlreadyJoined)).await;
+        return Err(err(ErrorCode::AlreadyJoined));
+    }
+    let Some(auth) = &conn.auth else {
+        return Err(err(ErrorCode::NotAuthenticated));
+    };
+    let appt = state.store.appointment(id).await.map_err(|e| {
+        tracing::error!(error = %e, "appointment lookup failed");
+        err(ErrorCode::Internal)
+    })?;
+    let t = now();
+    let decision = (|| {
+        // Unknown and not-yours look the same, so ids cannot be probed.
+        let Some(a) = &appt else {
+            return Err(ErrorCode::WrongConsultation);
+        };
+        let assigned = match (&auth.principal, auth.role) {
+            (Principal::Account(me), Role::Doctor) => a.doctor == *me,
+            (Principal::Account(me), Role::Patient) => a.patient == Some(*me),
+            (Principal::Guest(_), Role::Guest) => auth.scope == Some(a.id),
+            (_, Role::Staff | Role::Admin) => return Err(ErrorCode::Forbidden),
+            _ => false,
+        };
+        if !assigned {
+            return Err(ErrorCode::WrongConsultation);
+        }
+        if a.status != AppointmentStatus::Booked {
+            return Err(ErrorCode::ConsultationEnded);
+        }
+        let grace = state.settings.join_grace_s;
+        if t < a.start.plus_secs(-grace) || t > a.end().plus_secs(grace) {
+            return Err(ErrorCode::OutsideWindow);
+        }
+        Ok(a.clone())
+    })();
+    let appointment = match decision {
+        Ok(a) => a,
+        Err(code) => {
+            state.audit(refuse(code)).await;
+            return Err(err(code));
+        }
+    };
+    if matches!(auth.role, Role::Patient | Role::Guest) {
+        let consent = state
+            .store
+            .active_consent(&auth.principal.to_string())
+            .await
+            .map_err(|_| err(ErrorCode::Internal))?;
+        if consent.is_none_or(|c| c.version != state.settings.terms_version) {
+            state.audit(refuse(ErrorCode::ConsentRequired)).await;
+            return Err(err(ErrorCode::ConsentRequired));
+        }
+    }
+
+    let joiner = Joiner {
+        id: conn.id,
+        principal: auth.principal.clone(),
+        role: auth.role,
+        label: auth.label.clone(),
+    };
+    let closes_at = appointment.end().plus_secs(state.settings.join_grace_s);
+    let hub = state.hub();
+    let result = loop {
+        let slot = hub
+            .rooms
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RoomSlot {
+                    room: Consultation::new(id, hub.media_room_id(), closes_at),
+                    retired: false,
+                }))
+            })
+            .clone();
+        let mut g = slot.lock();
+        if g.retired {
+            drop(g);
+            std::thread::yield_now();
+            continue;
+        }
+        hub.conns.insert(
+            conn.id,
+            ConnEntry {
+                tx: conn.tx.clone(),
+                media_room: g.room.media_room(),
+            },
+        );
+        let res = g.room.handle_join(t, joiner.clone());
+        drain(state, &mut g.room);
+        break res;
+    };
+    match result {
+        Ok(outcome) => {
+            conn.room = Some(id);
+            let action = match outcome {
+                JoinOutcome::Joined => AuditAction::JoinOk,
+                JoinOutcome::Waiting => AuditAction::JoinWaiting,
+                // Admitted again within the rejoin grace: a join, not a waiting one.
+                JoinOutcome::Readmitted => AuditAction::JoinOk,
+            };
+            state
+                .audit(
+                    conn.event(action, Outcome::Success)
+                        .target(id)
+                        .detail(conn.id.to_string()),
+                )
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            hub.conns.remove(&conn.id);
+            state.audit(refuse(e.code())).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Run `f` on the live room of `appt` and dispatch what it produced; retires the
+/// room once it is empty or ended. `None` if there is no live room.
+fn with_room<R>(
+    state: &AppState,
+    appt: AppointmentId,
+    f: impl FnOnce(&mut Consultation) -> R,
+) -> Option<R> {
+    let hub = state.hub();
+    let slot = hub.rooms.get(&appt)?.value().clone();
+    let mut g = slot.lock();
+    if g.retired {
+        return None;
+    }
+    let r = f(&mut g.room);
+    drain(state, &mut g.room);
+    if g.room.is_empty() || g.room.is_ended() {
+        g.retired = true;
+        drop(g);
+        hub.rooms.remove_if(&appt, |_, v| Arc::ptr_eq(v, &slot));
+    }
+    Some(r)
+}
+
+fn drain(state: &AppState, room: &mut Consultation) {
+    while let Some(out) = room.poll_output() {
+        match out {
+            RoomOutput::Send { to, msg } => send_to(state, to, Outbound::Msg(msg)),
+            RoomOutput::Close { who } => send_to(state, who, Outbound::Close),
+            RoomOutput::Media(cmd) => state.queue_media(cmd),
+        }
+    }
+}
+
+fn send_to(state: &AppState, to: ParticipantId, out: Outbound) {
+    let Some(entry) = state.hub().conns.get(&to) else {
+        return;
+    };
+    match entry.tx.try_send(out) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(Outbound::Close)) => {
+            let tx = entry.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Outbound::Close).await;
+            });
+        }
+        Err(_) => tracing::debug!(
+            participant = to.0,
+            "dropped a message to a slow or gone connection"
+        ),
+    }
+}
+
+/// Forward a media plane event to the participant it is about.
+pub(crate) fn route_media_event(state: &AppState, ev: MediaEvent) {
+    let (room, who, msg) = match ev {
+        MediaEvent::Offer {
+            room,
+            participant,
+            sdp,
+        } => (room, participant, ServerMsg::MediaOffer { sdp }),
+        MediaEvent::Candidate {
+            room,
+            participant,
+            candidate,
+        } => (room, participant, ServerMsg::IceCandidate { candidate }),
+        MediaEvent::Connected { participant, .. } => {
+            tracing::debug!(participant = participant.0, "media connected");
+            return;
+        }
+        MediaEvent::Disconnected {
+            participant,
+            reason,
+            ..
+        } => {
+            tracing::debug!(participant = participant.0, %reason, "media disconnected");
+            return;
+        }
+        MediaEvent::KeyframeNeeded { .. } => return,
+    };
+    let pid = ParticipantId(who.0);
+    let Some(entry) = state.hub().conns.get(&pid) else {
+        return;
+    };
+    // A late event for a room the participant is no longer in is dropped.
+    if entry.media_room == room {
+        let _ = entry.tx.try_send(Outbound::Msg(msg));
+    }
+}

@@ -1,0 +1,25 @@
+//! Confide signaling: who may join which consultation, the waiting room, and the
+//! relay of opaque end-to-end encrypted material.
+//!
+//! Layering (see docs/architecture.md):
+//! - sans-IO core, no tokio/axum/sqlx: [`proto`], [`room`], [`auth`], [`crypto`],
+//!   [`model`], [`media`] (the trait only), [`audit`] (types only);
+//! - edge: [`store`] (sqlx), [`http`] (axum router, WebSocket handler), [`p2p`]
+//!   (the stand-in media plane used until the SFU is wired).
+//!
+//! Every core type follows one loop shape: one `handle_*` call, then drain
+//! `poll_output()` until it returns `None`. The edge passes `now` in.
+
+pub mod audit;
+pub mod auth;
+pub mod crypto;
+pub mod http;
+pub mod media;
+pub mod model;
+pub mod ops;
+pub mod p2p;
+pub mod pii;
+pub mod proto;
+pub mod room;
+pub mod settings;
+pub mod store;

@@ -1,0 +1,236 @@
+//! Administrative operations shared by the REST API and the CLI: creating
+//! accounts (with sealed personal data) and seeding the demo clinic.
+
+use rand::rngs::OsRng;
+use serde::Serialize;
+
+use crate::auth::{TotpSecret, hash_password};
+use crate::crypto::{Keyring, ctx};
+use crate::model::{AccountId, AppointmentId, Role, Timestamp};
+use crate::store::{NewAccount, NewAppointment, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("password hashing failed")]
+    Hash,
+    #[error("sealed data could not be opened")]
+    Crypto,
+}
+
+pub struct AccountSpec {
+    pub username: String,
+    pub role: Role,
+    pub password: String,
+    pub display_name: String,
+    pub contact: Option<String>,
+}
+
+pub async fn create_account(
+    store: &dyn Store,
+    keyring: &Keyring,
+    spec: AccountSpec,
+) -> Result<AccountId, OpsError> {
+    let u = spec.username.trim();
+    if u.is_empty()
+        || u.len() > 64
+        || !u
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+    {
+        return Err(OpsError::Invalid("username: 1-64 of a-z, 0-9, . _ - @"));
+    }
+    // NIST SP 800-63B: at least 8 characters, long passphrases allowed.
+    if spec.password.chars().count() < 8 || spec.password.len() > 1024 {
+        return Err(OpsError::Invalid("password: 8 to 1024 characters"));
+    }
+    if spec.display_name.trim().is_empty() || spec.display_name.len() > 200 {
+        return Err(OpsError::Invalid("display_name: 1-200 characters"));
+    }
+    let password = spec.password;
+    let phc = tokio::task::spawn_blocking(move || hash_password(&password, &mut OsRng))
+        .await
+        .map_err(|_| OpsError::Hash)?
+        .map_err(|_| OpsError::Hash)?;
+    let id = store
+        .create_account(NewAccount {
+            username: u.to_string(),
+            role: spec.role,
+            password_hash: phc,
+            display_name: keyring.seal(
+                ctx::DISPLAY_NAME,
+                spec.display_name.trim().as_bytes(),
+                &mut OsRng,
+            ),
+            contact: spec
+                .contact
+                .map(|c| keyring.seal(ctx::CONTACT, c.as_bytes(), &mut OsRng)),
+            created_at: crate::http::now(),
+        })
+        .await?;
+    Ok(id)
+}
+
+/// Give an account a TOTP secret and enable it at once (for seeding; real users
+/// enrol through the API and confirm with a code).
+pub async fn enable_totp_directly(
+    store: &dyn Store,
+    keyring: &Keyring,
+    id: AccountId,
+    secret: &TotpSecret,
+) -> Result<(), OpsError> {
+    store
+        .set_totp_pending(id, keyring.seal(ctx::TOTP_SECRET, &secret.0, &mut OsRng))
+        .await?;
+    store.enable_totp(id, 0).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoAccount {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+    pub display_name: String,
+    pub id: AccountId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totp_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otpauth_url: Option<String>,
+}
+
+/// Everything a person or a test needs to use the demo clinic. Demo only: it
+/// contains passwords and TOTP secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoInfo {
+    pub accounts: Vec<DemoAccount>,
+    pub appointment_id: AppointmentId,
+    pub appointment_start: i64,
+    pub terms_version: String,
+}
+
+impl DemoInfo {
+    pub fn account(&self, role: Role) -> Option<&DemoAccount> {
+        self.accounts.iter().find(|a| a.role == role)
+    }
+}
+
+/// Seed (or re-use) the demo accounts and book a fresh appointment that starts now.
+/// Passwords are fixed; TOTP secrets are made once and read back on later runs.
+pub async fn seed_demo(
+    store: &dyn Store,
+    keyring: &Keyring,
+    terms_version: &str,
+    now: Timestamp,
+) -> Result<DemoInfo, OpsError> {
+    let specs = [
+        (
+            "doctor",
+            "demo-doctor-password",
+            Role::Doctor,
+            "Dr. Demo Doctor",
+            "doctor@demo.invalid",
+        ),
+        (
+            "patient",
+            "demo-patient-password",
+            Role::Patient,
+            "Demo Patient",
+            "patient@demo.invalid",
+        ),
+        (
+            "staff",
+            "demo-staff-password",
+            Role::Staff,
+            "Demo Staff",
+            "staff@demo.invalid",
+        ),
+        (
+            "admin",
+            "demo-admin-password",
+            Role::Admin,
+            "Demo Admin",
+            "admin@demo.invalid",
+        ),
+    ];
+    let mut accounts = Vec::new();
+    for (username, password, role, name, contact) in specs {
+        let id = match store.account_by_username(username).await? {
+            Some(a) => a.id,
+            None => {
+                create_account(
+                    store,
+                    keyring,
+                    AccountSpec {
+                        username: username.into(),
+                        role,
+                        password: password.into(),
+                        display_name: name.into(),
+                        contact: Some(contact.into()),
+                    },
+                )
+                .await?
+            }
+        };
+        let account = store
+            .account(id)
+            .await?
+            .ok_or(OpsError::Invalid("demo account vanished"))?;
+        let secret = if role.requires_mfa() {
+            match (&account.totp_secret, account.totp_enabled) {
+                (Some(sealed), true) => {
+                    let b = keyring
+                        .open(ctx::TOTP_SECRET, sealed)
+                        .map_err(|_| OpsError::Crypto)?;
+                    Some(TotpSecret::from_bytes(b.to_vec()))
+                }
+                _ => {
+                    let s = TotpSecret::generate(&mut OsRng);
+                    enable_totp_directly(store, keyring, id, &s).await?;
+                    Some(s)
+                }
+            }
+        } else {
+            None
+        };
+        if role == Role::Patient && store.active_consent(&id.to_string()).await?.is_none() {
+            store
+                .record_consent(&id.to_string(), terms_version, now)
+                .await?;
+        }
+        accounts.push(DemoAccount {
+            username: username.into(),
+            password: password.into(),
+            role,
+            display_name: name.into(),
+            id,
+            otpauth_url: secret
+                .as_ref()
+                .map(|s| s.otpauth_url("Confide demo", username)),
+            totp_secret: secret.as_ref().map(|s| s.base32()),
+        });
+    }
+    let doctor = accounts[0].id;
+    let patient = accounts[1].id;
+    let staff = accounts[2].id;
+    let appointment_id = store
+        .create_appointment(NewAppointment {
+            doctor,
+            patient: Some(patient),
+            start: now,
+            duration_s: 3600,
+            reason: Some(keyring.seal(ctx::REASON, b"Demo follow-up", &mut OsRng)),
+            created_by: staff,
+            created_at: now,
+        })
+        .await?;
+    Ok(DemoInfo {
+        accounts,
+        appointment_id,
+        appointment_start: now.secs(),
+        terms_version: terms_version.into(),
+    })
+}

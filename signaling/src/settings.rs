@@ -1,0 +1,44 @@
+//! Policy knobs the edge reads; defaults are the documented ones.
+
+use crate::proto::Limits;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Automatic logoff after this long without activity (an active call counts).
+    pub idle_timeout_s: i64,
+    /// Absolute session lifetime, whatever the activity.
+    pub session_lifetime_s: i64,
+    /// A consultation is joinable from `start - grace` to `start + duration + grace`.
+    pub join_grace_s: i64,
+    pub invite_ttl_s: i64,
+    pub break_glass_ttl_s: i64,
+    pub terms_version: String,
+    pub terms_text: String,
+    pub issuer: String,
+    pub limits: Limits,
+    /// Client frames per second per connection before `rate_limited`.
+    pub ws_msgs_per_s: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            idle_timeout_s: 15 * 60,
+            session_lifetime_s: 12 * 3600,
+            join_grace_s: 15 * 60,
+            invite_ttl_s: 24 * 3600,
+            break_glass_ttl_s: 3600,
+            terms_version: "2026-01".into(),
+            terms_text: DEFAULT_TERMS.into(),
+            issuer: "Confide".into(),
+            limits: Limits::default(),
+            ws_msgs_per_s: 200,
+        }
+    }
+}
+
+pub const DEFAULT_TERMS: &str = "Telehealth consultation terms (version 2026-01). \
+A video consultation is not suitable for emergencies. Audio, video and chat are \
+end-to-end encrypted; the service keeps only the metadata needed to run it (who \
+met whom and when) and an audit log. You may revoke this consent at any time; \
+revoking stops future consultations but does not erase past records.";

@@ -1,0 +1,294 @@
+//! Persistence: one [`Store`] trait; [`SqlStore`] implements it over SQLite (the
+//! embedded default) and PostgreSQL, each with its own migrations, and the store
+//! test suite runs one body against both.
+//!
+//! Sealed columns hold envelopes from [`crate::crypto`]; the store never sees the
+//! keys. The audit table and its API live in [`audit`].
+
+pub mod audit;
+pub mod keys;
+pub mod merkle;
+mod sql;
+
+pub use audit::AuditLog;
+pub use sql::{Backend, SqlStore};
+
+use async_trait::async_trait;
+
+use crate::auth::Session;
+use crate::model::{
+    AccountId, AppointmentId, AppointmentStatus, ChatId, InviteId, ParticipantId, Role, Timestamp,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Unique constraint hit (e.g. username taken).
+    #[error("already exists")]
+    Conflict,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(&'static str),
+    /// Database or driver error; logged, never shown to clients.
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(d) = &e
+            && d.is_unique_violation()
+        {
+            return StoreError::Conflict;
+        }
+        StoreError::Db(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    pub username: String,
+    pub role: Role,
+    pub password_hash: String,
+    /// Sealed.
+    pub display_name: Vec<u8>,
+    /// Sealed.
+    pub contact: Option<Vec<u8>>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct AccountRecord {
+    pub id: AccountId,
+    pub username: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub display_name: Vec<u8>,
+    pub contact: Option<Vec<u8>>,
+    /// Sealed; set at enrolment start, used once `totp_enabled`.
+    pub totp_secret: Option<Vec<u8>>,
+    pub totp_enabled: bool,
+    pub totp_last_step: Option<i64>,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewAppointment {
+    pub doctor: AccountId,
+    pub patient: Option<AccountId>,
+    pub start: Timestamp,
+    pub duration_s: i64,
+    /// Sealed.
+    pub reason: Option<Vec<u8>>,
+    pub created_by: AccountId,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Appointment {
+    pub id: AppointmentId,
+    pub doctor: AccountId,
+    pub patient: Option<AccountId>,
+    pub start: Timestamp,
+    pub duration_s: i64,
+    pub reason: Option<Vec<u8>>,
+    pub status: AppointmentStatus,
+    pub created_by: AccountId,
+    pub created_at: Timestamp,
+}
+
+impl Appointment {
+    pub fn end(&self) -> Timestamp {
+        self.start.plus_secs(self.duration_s)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AppointmentQuery {
+    pub doctor: Option<AccountId>,
+    pub patient: Option<AccountId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewInvite {
+    pub appointment: AppointmentId,
+    pub token_hash: Vec<u8>,
+    pub expires_at: Timestamp,
+    pub created_by: AccountId,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct InviteRecord {
+    pub id: InviteId,
+    pub appointment: AppointmentId,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentRecord {
+    pub subject: String,
+    pub version: String,
+    pub accepted_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewChat {
+    pub appointment: AppointmentId,
+    pub sender: ParticipantId,
+    pub sender_role: Role,
+    pub sent_at: Timestamp,
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatRecord {
+    pub id: ChatId,
+    pub appointment: AppointmentId,
+    pub sender: ParticipantId,
+    pub sender_role: Role,
+    pub sent_at: Timestamp,
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WrappedDataKey {
+    pub id: u32,
+    pub wrapped: Vec<u8>,
+    pub active: bool,
+}
+
+/// One sealed value somewhere in the database, for re-sealing on key rotation.
+#[derive(Clone, Debug)]
+pub struct SealedCell {
+    pub column: SealedColumn,
+    pub row: i64,
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealedColumn {
+    DisplayName,
+    Contact,
+    TotpSecret,
+    Reason,
+}
+
+impl SealedColumn {
+    pub const ALL: [SealedColumn; 4] = [
+        SealedColumn::DisplayName,
+        SealedColumn::Contact,
+        SealedColumn::TotpSecret,
+        SealedColumn::Reason,
+    ];
+    pub fn table_column(self) -> (&'static str, &'static str) {
+        match self {
+            SealedColumn::DisplayName => ("accounts", "display_name"),
+            SealedColumn::Contact => ("accounts", "contact"),
+            SealedColumn::TotpSecret => ("accounts", "totp_secret"),
+            SealedColumn::Reason => ("appointments", "reason"),
+        }
+    }
+    /// The AAD context the value was sealed with.
+    pub fn context(self) -> &'static str {
+        use crate::crypto::ctx;
+        match self {
+            SealedColumn::DisplayName => ctx::DISPLAY_NAME,
+            SealedColumn::Contact => ctx::CONTACT,
+            SealedColumn::TotpSecret => ctx::TOTP_SECRET,
+            SealedColumn::Reason => ctx::REASON,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BreakGlassGrant {
+    pub id: i64,
+    pub admin: AccountId,
+    pub reason: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[async_trait]
+pub trait Store: AuditLog + Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    // accounts
+    async fn create_account(&self, a: NewAccount) -> Result<AccountId>;
+    async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>>;
+    async fn account_by_username(&self, username: &str) -> Result<Option<AccountRecord>>;
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>>;
+    async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool>;
+    async fn set_password_hash(&self, id: AccountId, phc: &str) -> Result<()>;
+    /// Store a new (sealed) TOTP secret, not yet enabled.
+    async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()>;
+    /// Enable TOTP, recording the step of the code that confirmed it.
+    async fn enable_totp(&self, id: AccountId, step: i64) -> Result<()>;
+    /// Record `step` as used if it is newer than the last used step; false means
+    /// the code was already used (or a newer one was), i.e. a replay.
+    async fn use_totp_step(&self, id: AccountId, step: i64) -> Result<bool>;
+    async fn replace_recovery_codes(&self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()>;
+    /// Consume a recovery code; false if unknown or already used.
+    async fn use_recovery_code(&self, id: AccountId, hash: &[u8], now: Timestamp) -> Result<bool>;
+
+    // sessions (tokens are stored only as hashes)
+    async fn create_session(&self, s: &Session) -> Result<()>;
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>>;
+    async fn touch_session(&self, token_hash: &[u8], now: Timestamp) -> Result<()>;
+    async fn revoke_session(&self, token_hash: &[u8]) -> Result<bool>;
+    async fn revoke_account_sessions(&self, id: AccountId) -> Result<u64>;
+
+    // appointments
+    async fn create_appointment(&self, a: NewAppointment) -> Result<AppointmentId>;
+    async fn appointment(&self, id: AppointmentId) -> Result<Option<Appointment>>;
+    async fn list_appointments(&self, q: AppointmentQuery) -> Result<Vec<Appointment>>;
+    async fn set_appointment_status(&self, id: AppointmentId, s: AppointmentStatus) -> Result<()>;
+
+    // invites
+    async fn create_invite(&self, i: NewInvite) -> Result<InviteId>;
+    async fn invite_by_hash(&self, token_hash: &[u8]) -> Result<Option<InviteRecord>>;
+    /// Mark the invite used if it is unused and unexpired; false otherwise. Atomic,
+    /// so an invite link works once even under concurrent redemption.
+    async fn redeem_invite(&self, id: InviteId, now: Timestamp) -> Result<bool>;
+
+    // consent; `subject` is a pseudonymous principal id (`account:3`, `guest:7`)
+    async fn record_consent(&self, subject: &str, version: &str, now: Timestamp) -> Result<()>;
+    async fn revoke_consent(&self, subject: &str, now: Timestamp) -> Result<bool>;
+    async fn active_consent(&self, subject: &str) -> Result<Option<ConsentRecord>>;
+
+    // chat ciphertext
+    async fn store_chat(&self, c: NewChat) -> Result<ChatId>;
+    async fn chat_history(&self, appointment: AppointmentId) -> Result<Vec<ChatRecord>>;
+
+    // encryption at rest
+    async fn data_keys(&self) -> Result<Vec<WrappedDataKey>>;
+    /// Insert or replace a wrapped key; if `active`, every other key becomes inactive.
+    async fn put_data_key(&self, k: WrappedDataKey, now: Timestamp) -> Result<()>;
+    async fn delete_data_key(&self, id: u32) -> Result<()>;
+    async fn sealed_cells(&self) -> Result<Vec<SealedCell>>;
+    async fn update_sealed_cell(&self, c: &SealedCell) -> Result<()>;
+
+    // break-glass
+    async fn create_break_glass(
+        &self,
+        admin: AccountId,
+        reason: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<i64>;
+    async fn active_break_glass(
+        &self,
+        admin: AccountId,
+        now: Timestamp,
+    ) -> Result<Option<BreakGlassGrant>>;
+}

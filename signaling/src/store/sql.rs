@@ -1,0 +1,638 @@
+//! [`Store`] over sqlx's `Any` driver: one body of SQL for SQLite and PostgreSQL
+//! (both accept `$n` placeholders and `RETURNING`), with each backend's own DDL in
+//! `migrations/{sqlite,postgres}`. Booleans are stored as integers 0/1 and times as
+//! Unix milliseconds so the two backends decode identically.
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::*;
+use crate::auth::{Session, SessionKind};
+use crate::model::Principal;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const ACCOUNT_COLS: &str = "id, username, role, password_hash, display_name, contact, totp_secret, \
+     totp_enabled, totp_last_step, disabled, created_at";
+const APPOINTMENT_COLS: &str =
+    "id, doctor_id, patient_id, start_at, duration_s, reason, status, created_by, created_at";
+const SESSION_COLS: &str = "token_hash, account_id, invite_id, role, kind, scope_appointment, \
+     created_at, last_seen, expires_at, revoked";
+
+impl SqlStore {
+    /// Connect (creating a SQLite file if needed) and run the migrations.
+    /// `sqlite://path` or `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Db("unsupported database URL scheme".into()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
+                format!("{url}?mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let max = if backend == Backend::Sqlite { 4 } else { 10 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed during a write; the setting persists in the file.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let store = SqlStore { pool, backend };
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&store.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
+        }
+        super::merkle::open(&store).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn b(v: bool) -> i64 {
+    i64::from(v)
+}
+
+fn role_of(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or(StoreError::Corrupt("role"))
+}
+
+fn account_from(r: &AnyRow) -> Result<AccountRecord> {
+    let role: String = r.try_get(2)?;
+    Ok(AccountRecord {
+        id: AccountId(r.try_get(0)?),
+        username: r.try_get(1)?,
+        role: role_of(&role)?,
+        password_hash: r.try_get(3)?,
+        display_name: r.try_get(4)?,
+        contact: r.try_get(5)?,
+        totp_secret: r.try_get(6)?,
+        totp_enabled: r.try_get::<i64, _>(7)? != 0,
+        totp_last_step: r.try_get(8)?,
+        disabled: r.try_get::<i64, _>(9)? != 0,
+        created_at: Timestamp(r.try_get(10)?),
+    })
+}
+
+fn appointment_from(r: &AnyRow) -> Result<Appointment> {
+    let status: String = r.try_get(6)?;
+    Ok(Appointment {
+        id: AppointmentId(r.try_get(0)?),
+        doctor: AccountId(r.try_get(1)?),
+        patient: r.try_get::<Option<i64>, _>(2)?.map(AccountId),
+        start: Timestamp(r.try_get(3)?),
+        duration_s: r.try_get(4)?,
+        reason: r.try_get(5)?,
+        status: AppointmentStatus::parse(&status).ok_or(StoreError::Corrupt("status"))?,
+        created_by: AccountId(r.try_get(7)?),
+        created_at: Timestamp(r.try_get(8)?),
+    })
+}
+
+fn session_from(r: &AnyRow) -> Result<Session> {
+    let account: Option<i64> = r.try_get(1)?;
+    let invite: Option<i64> = r.try_get(2)?;
+    let principal = match (account, invite) {
+        (Some(a), _) => Principal::Account(AccountId(a)),
+        (None, Some(i)) => Principal::Guest(InviteId(i)),
+        (None, None) => return Err(StoreError::Corrupt("session principal")),
+    };
+    let role: String = r.try_get(3)?;
+    let kind: String = r.try_get(4)?;
+    Ok(Session {
+        token_hash: r.try_get(0)?,
+        principal,
+        role: role_of(&role)?,
+        kind: SessionKind::parse(&kind).ok_or(StoreError::Corrupt("session kind"))?,
+        scope: r.try_get::<Option<i64>, _>(5)?.map(AppointmentId),
+        created_at: Timestamp(r.try_get(6)?),
+        last_seen: Timestamp(r.try_get(7)?),
+        expires_at: Timestamp(r.try_get(8)?),
+        revoked: r.try_get::<i64, _>(9)? != 0,
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_account(&self, a: NewAccount) -> Result<AccountId> {
+        let row = sqlx::query(
+            "INSERT INTO accounts (username, role, password_hash, display_name, contact, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(a.username)
+        .bind(a.role.as_str())
+        .bind(a.password_hash)
+        .bind(a.display_name)
+        .bind(a.contact)
+        .bind(a.created_at.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AccountId(row.try_get(0)?))
+    }
+
+    async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
+        let row = sqlx::query(&q)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(account_from).transpose()
+    }
+
+    async fn account_by_username(&self, username: &str) -> Result<Option<AccountRecord>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE username = $1");
+        let row = sqlx::query(&q)
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(account_from).transpose()
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY id");
+        let rows = sqlx::query(&q).fetch_all(&self.pool).await?;
+        rows.iter().map(account_from).collect()
+    }
+
+    async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool> {
+        let r = sqlx::query("UPDATE accounts SET disabled = $1 WHERE id = $2")
+            .bind(b(disabled))
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_password_hash(&self, id: AccountId, phc: &str) -> Result<()> {
+        sqlx::query("UPDATE accounts SET password_hash = $1 WHERE id = $2")
+            .bind(phc)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()> {
+        sqlx::query(
+            "UPDATE accounts SET totp_secret = $1, totp_enabled = 0, totp_last_step = NULL WHERE id = $2",
+        )
+        .bind(sealed_secret)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn enable_totp(&self, id: AccountId, step: i64) -> Result<()> {
+        sqlx::query("UPDATE accounts SET totp_enabled = 1, totp_last_step = $1 WHERE id = $2")
+            .bind(step)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn use_totp_step(&self, id: AccountId, step: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE accounts SET totp_last_step = $1 \
+             WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+        )
+        .bind(step)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn replace_recovery_codes(&self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE account_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        for h in hashes {
+            sqlx::query("INSERT INTO recovery_codes (account_id, code_hash) VALUES ($1, $2)")
+                .bind(id.0)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn use_recovery_code(&self, id: AccountId, hash: &[u8], now: Timestamp) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE recovery_codes SET used_at = $1 \
+             WHERE account_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(now.0)
+        .bind(id.0)
+        .bind(hash.to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn create_session(&self, s: &Session) -> Result<()> {
+        let (account, invite) = match &s.principal {
+            Principal::Account(a) => (Some(a.0), None),
+            Principal::Guest(i) => (None, Some(i.0)),
+        };
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, account_id, invite_id, role, kind, scope_appointment, \
+             created_at, last_seen, expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(s.token_hash.clone())
+        .bind(account)
+        .bind(invite)
+        .bind(s.role.as_str())
+        .bind(s.kind.as_str())
+        .bind(s.scope.map(|a| a.0))
+        .bind(s.created_at.0)
+        .bind(s.last_seen.0)
+        .bind(s.expires_at.0)
+        .bind(b(s.revoked))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>> {
+        let q = format!("SELECT {SESSION_COLS} FROM sessions WHERE token_hash = $1");
+        let row = sqlx::query(&q)
+            .bind(token_hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn touch_session(&self, token_hash: &[u8], now: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen = $1 WHERE token_hash = $2 AND last_seen < $1")
+            .bind(now.0)
+            .bind(token_hash.to_vec())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_session(&self, token_hash: &[u8]) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE sessions SET revoked = 1 WHERE token_hash = $1 AND revoked = 0")
+                .bind(token_hash.to_vec())
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn revoke_account_sessions(&self, id: AccountId) -> Result<u64> {
+        let r =
+            sqlx::query("UPDATE sessions SET revoked = 1 WHERE account_id = $1 AND revoked = 0")
+                .bind(id.0)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn create_appointment(&self, a: NewAppointment) -> Result<AppointmentId> {
+        let row = sqlx::query(
+            "INSERT INTO appointments (doctor_id, patient_id, start_at, duration_s, reason, status, \
+             created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(a.doctor.0)
+        .bind(a.patient.map(|p| p.0))
+        .bind(a.start.0)
+        .bind(a.duration_s)
+        .bind(a.reason)
+        .bind(AppointmentStatus::Booked.as_str())
+        .bind(a.created_by.0)
+        .bind(a.created_at.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AppointmentId(row.try_get(0)?))
+    }
+
+    async fn appointment(&self, id: AppointmentId) -> Result<Option<Appointment>> {
+        let q = format!("SELECT {APPOINTMENT_COLS} FROM appointments WHERE id = $1");
+        let row = sqlx::query(&q)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(appointment_from).transpose()
+    }
+
+    async fn list_appointments(&self, q: AppointmentQuery) -> Result<Vec<Appointment>> {
+        let sql = format!(
+            "SELECT {APPOINTMENT_COLS} FROM appointments \
+             WHERE ($1 IS NULL OR doctor_id = $1) AND ($2 IS NULL OR patient_id = $2) \
+             ORDER BY start_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.doctor.map(|d| d.0))
+            .bind(q.patient.map(|p| p.0))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(appointment_from).collect()
+    }
+
+    async fn set_appointment_status(&self, id: AppointmentId, s: AppointmentStatus) -> Result<()> {
+        sqlx::query("UPDATE appointments SET status = $1 WHERE id = $2")
+            .bind(s.as_str())
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_invite(&self, i: NewInvite) -> Result<InviteId> {
+        let row = sqlx::query(
+            "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(i.appointment.0)
+        .bind(i.token_hash)
+        .bind(i.expires_at.0)
+        .bind(i.created_by.0)
+        .bind(i.created_at.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(InviteId(row.try_get(0)?))
+    }
+
+    async fn invite_by_hash(&self, token_hash: &[u8]) -> Result<Option<InviteRecord>> {
+        let row = sqlx::query(
+            "SELECT id, appointment_id, expires_at, used_at FROM invites WHERE token_hash = $1",
+        )
+        .bind(token_hash.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(InviteRecord {
+                id: InviteId(r.try_get(0)?),
+                appointment: AppointmentId(r.try_get(1)?),
+                expires_at: Timestamp(r.try_get(2)?),
+                used_at: r.try_get::<Option<i64>, _>(3)?.map(Timestamp),
+            })
+        })
+        .transpose()
+    }
+
+    async fn redeem_invite(&self, id: InviteId, now: Timestamp) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE invites SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now.0)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn record_consent(&self, subject: &str, version: &str, now: Timestamp) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One active consent per subject: accepting a new version supersedes the old.
+        sqlx::query(
+            "UPDATE consents SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL",
+        )
+        .bind(now.0)
+        .bind(subject)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO consents (subject, version, accepted_at) VALUES ($1, $2, $3)")
+            .bind(subject)
+            .bind(version)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_consent(&self, subject: &str, now: Timestamp) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE consents SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL",
+        )
+        .bind(now.0)
+        .bind(subject)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn active_consent(&self, subject: &str) -> Result<Option<ConsentRecord>> {
+        let row = sqlx::query(
+            "SELECT subject, version, accepted_at, revoked_at FROM consents \
+             WHERE subject = $1 AND revoked_at IS NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ConsentRecord {
+                subject: r.try_get(0)?,
+                version: r.try_get(1)?,
+                accepted_at: Timestamp(r.try_get(2)?),
+                revoked_at: r.try_get::<Option<i64>, _>(3)?.map(Timestamp),
+            })
+        })
+        .transpose()
+    }
+
+    async fn store_chat(&self, c: NewChat) -> Result<ChatId> {
+        let row = sqlx::query(
+            "INSERT INTO chat_messages (appointment_id, sender_participant, sender_role, sent_at, ciphertext) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(c.appointment.0)
+        .bind(c.sender.0 as i64)
+        .bind(c.sender_role.as_str())
+        .bind(c.sent_at.0)
+        .bind(c.ciphertext)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ChatId(row.try_get(0)?))
+    }
+
+    async fn chat_history(&self, appointment: AppointmentId) -> Result<Vec<ChatRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, appointment_id, sender_participant, sender_role, sent_at, ciphertext \
+             FROM chat_messages WHERE appointment_id = $1 ORDER BY id",
+        )
+        .bind(appointment.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let role: String = r.try_get(3)?;
+                Ok(ChatRecord {
+                    id: ChatId(r.try_get(0)?),
+                    appointment: AppointmentId(r.try_get(1)?),
+                    sender: ParticipantId(r.try_get::<i64, _>(2)? as u64),
+                    sender_role: role_of(&role)?,
+                    sent_at: Timestamp(r.try_get(4)?),
+                    ciphertext: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn data_keys(&self) -> Result<Vec<WrappedDataKey>> {
+        let rows = sqlx::query("SELECT id, wrapped, active FROM data_keys ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WrappedDataKey {
+                    id: u32::try_from(r.try_get::<i64, _>(0)?)
+                        .map_err(|_| StoreError::Corrupt("key id"))?,
+                    wrapped: r.try_get(1)?,
+                    active: r.try_get::<i64, _>(2)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_data_key(&self, k: WrappedDataKey, now: Timestamp) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if k.active {
+            sqlx::query("UPDATE data_keys SET active = 0")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM data_keys WHERE id = $1")
+            .bind(i64::from(k.id))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO data_keys (id, wrapped, active, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(i64::from(k.id))
+        .bind(k.wrapped)
+        .bind(b(k.active))
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_data_key(&self, id: u32) -> Result<()> {
+        sqlx::query("DELETE FROM data_keys WHERE id = $1")
+            .bind(i64::from(id))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn sealed_cells(&self) -> Result<Vec<SealedCell>> {
+        let mut out = Vec::new();
+        for column in SealedColumn::ALL {
+            let (table, col) = column.table_column();
+            // Table and column names come from the fixed list above, never from input.
+            let q = format!("SELECT id, {col} FROM {table} WHERE {col} IS NOT NULL ORDER BY id");
+            for r in sqlx::query(&q).fetch_all(&self.pool).await? {
+                out.push(SealedCell {
+                    column,
+                    row: r.try_get(0)?,
+                    value: r.try_get(1)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update_sealed_cell(&self, c: &SealedCell) -> Result<()> {
+        let (table, col) = c.column.table_column();
+        let q = format!("UPDATE {table} SET {col} = $1 WHERE id = $2");
+        sqlx::query(&q)
+            .bind(c.value.clone())
+            .bind(c.row)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_break_glass(
+        &self,
+        admin: AccountId,
+        reason: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO break_glass (admin_id, reason, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(admin.0)
+        .bind(reason)
+        .bind(now.0)
+        .bind(expires_at.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn active_break_glass(
+        &self,
+        admin: AccountId,
+        now: Timestamp,
+    ) -> Result<Option<BreakGlassGrant>> {
+        let row = sqlx::query(
+            "SELECT id, admin_id, reason, created_at, expires_at FROM break_glass \
+             WHERE admin_id = $1 AND expires_at > $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(admin.0)
+        .bind(now.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(BreakGlassGrant {
+                id: r.try_get(0)?,
+                admin: AccountId(r.try_get(1)?),
+                reason: r.try_get(2)?,
+                created_at: Timestamp(r.try_get(3)?),
+                expires_at: Timestamp(r.try_get(4)?),
+            })
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,421 @@
+//! The store suite: one test body, run against SQLite (a temp file) and against
+//! PostgreSQL (a fresh database per run). The PostgreSQL run fails, never skips,
+//! when the server cannot be reached: the test script guarantees one.
+
+use confide_signaling::audit::{AuditAction, AuditEvent, AuditFilter, Outcome, Priority};
+use confide_signaling::auth::{Session, SessionKind};
+use confide_signaling::crypto::MasterKey;
+use confide_signaling::model::*;
+use confide_signaling::store::keys::{load_keyring, rotate_data_key, rotate_master_key};
+use confide_signaling::store::*;
+use rand::rngs::OsRng;
+use sqlx::Connection as _;
+
+const T: Timestamp = Timestamp(1_800_000_000_000);
+
+fn account(name: &str, role: Role) -> NewAccount {
+    NewAccount {
+        username: name.into(),
+        role,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$x$y".into(),
+        display_name: vec![1, 2, 3],
+        contact: None,
+        created_at: T,
+    }
+}
+
+async fn suite(store: SqlStore) {
+    store.ping().await.unwrap();
+
+    // accounts
+    let doc = store
+        .create_account(account("doc", Role::Doctor))
+        .await
+        .unwrap();
+    let pat = store
+        .create_account(account("pat", Role::Patient))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_account(account("doc", Role::Doctor)).await,
+        Err(StoreError::Conflict)
+    ));
+    let a = store.account_by_username("doc").await.unwrap().unwrap();
+    assert_eq!(
+        (a.id, a.role, a.totp_enabled, a.disabled),
+        (doc, Role::Doctor, false, false)
+    );
+    assert_eq!(a.display_name, vec![1, 2, 3]);
+    assert!(store.account_by_username("nobody").await.unwrap().is_none());
+    assert_eq!(store.list_accounts().await.unwrap().len(), 2);
+    store.set_password_hash(doc, "$new").await.unwrap();
+    assert_eq!(
+        store.account(doc).await.unwrap().unwrap().password_hash,
+        "$new"
+    );
+
+    // TOTP: pending, enable, replay protection
+    store.set_totp_pending(doc, vec![9; 40]).await.unwrap();
+    let a = store.account(doc).await.unwrap().unwrap();
+    assert_eq!(
+        (a.totp_secret.clone(), a.totp_enabled),
+        (Some(vec![9; 40]), false)
+    );
+    store.enable_totp(doc, 100).await.unwrap();
+    assert!(store.account(doc).await.unwrap().unwrap().totp_enabled);
+    assert!(
+        !store.use_totp_step(doc, 100).await.unwrap(),
+        "same step again"
+    );
+    assert!(!store.use_totp_step(doc, 99).await.unwrap(), "older step");
+    assert!(store.use_totp_step(doc, 101).await.unwrap());
+    assert_eq!(
+        store.account(doc).await.unwrap().unwrap().totp_last_step,
+        Some(101)
+    );
+
+    // recovery codes are single-use
+    store
+        .replace_recovery_codes(doc, vec![vec![1; 32], vec![2; 32]])
+        .await
+        .unwrap();
+    assert!(store.use_recovery_code(doc, &[1; 32], T).await.unwrap());
+    assert!(!store.use_recovery_code(doc, &[1; 32], T).await.unwrap());
+    assert!(
+        !store.use_recovery_code(pat, &[2; 32], T).await.unwrap(),
+        "other account's code"
+    );
+
+    // sessions
+    let s = Session {
+        token_hash: vec![7; 32],
+        principal: Principal::Account(pat),
+        role: Role::Patient,
+        kind: SessionKind::Full,
+        scope: None,
+        created_at: T,
+        last_seen: T,
+        expires_at: T.plus_secs(3600),
+        revoked: false,
+    };
+    store.create_session(&s).await.unwrap();
+    store
+        .touch_session(&[7; 32], T.plus_secs(10))
+        .await
+        .unwrap();
+    let got = store.session(&[7; 32]).await.unwrap().unwrap();
+    assert_eq!(
+        (got.principal.clone(), got.last_seen),
+        (Principal::Account(pat), T.plus_secs(10))
+    );
+    assert!(store.revoke_session(&[7; 32]).await.unwrap());
+    assert!(!store.revoke_session(&[7; 32]).await.unwrap());
+    assert!(store.session(&[7; 32]).await.unwrap().unwrap().revoked);
+    store
+        .create_session(&Session {
+            token_hash: vec![8; 32],
+            ..s.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.revoke_account_sessions(pat).await.unwrap(), 1);
+
+    // disable
+    assert!(store.set_account_disabled(pat, true).await.unwrap());
+    assert!(store.account(pat).await.unwrap().unwrap().disabled);
+    store.set_account_disabled(pat, false).await.unwrap();
+
+    // appointments
+    let appt = store
+        .create_appointment(NewAppointment {
+            doctor: doc,
+            patient: Some(pat),
+            start: T,
+            duration_s: 1800,
+            reason: Some(vec![5; 20]),
+            created_by: doc,
+            created_at: T,
+        })
+        .await
+        .unwrap();
+    let other = store
+        .create_appointment(NewAppointment {
+            doctor: doc,
+            patient: None,
+            start: T.plus_secs(-60),
+            duration_s: 600,
+            reason: None,
+            created_by: doc,
+            created_at: T,
+        })
+        .await
+        .unwrap();
+    let a = store.appointment(appt).await.unwrap().unwrap();
+    assert_eq!(
+        (a.doctor, a.patient, a.duration_s, a.status),
+        (doc, Some(pat), 1800, AppointmentStatus::Booked)
+    );
+    assert_eq!(a.end(), T.plus_secs(1800));
+    let by_doc = store
+        .list_appointments(AppointmentQuery {
+            doctor: Some(doc),
+            patient: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_doc.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![other, appt],
+        "ordered by start"
+    );
+    let by_pat = store
+        .list_appointments(AppointmentQuery {
+            doctor: None,
+            patient: Some(pat),
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_pat.len(), 1);
+    store
+        .set_appointment_status(appt, AppointmentStatus::Ended)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.appointment(appt).await.unwrap().unwrap().status,
+        AppointmentStatus::Ended
+    );
+
+    // invites: redeem once, never after expiry
+    let inv = store
+        .create_invite(NewInvite {
+            appointment: appt,
+            token_hash: vec![3; 32],
+            expires_at: T.plus_secs(60),
+            created_by: doc,
+            created_at: T,
+        })
+        .await
+        .unwrap();
+    let r = store.invite_by_hash(&[3; 32]).await.unwrap().unwrap();
+    assert_eq!((r.id, r.appointment, r.used_at), (inv, appt, None));
+    assert!(
+        !store.redeem_invite(inv, T.plus_secs(61)).await.unwrap(),
+        "expired"
+    );
+    assert!(store.redeem_invite(inv, T.plus_secs(1)).await.unwrap());
+    assert!(
+        !store.redeem_invite(inv, T.plus_secs(2)).await.unwrap(),
+        "used"
+    );
+    assert!(store.invite_by_hash(&[4; 32]).await.unwrap().is_none());
+
+    // consent
+    let subj = pat.to_string();
+    assert!(store.active_consent(&subj).await.unwrap().is_none());
+    store.record_consent(&subj, "v1", T).await.unwrap();
+    store
+        .record_consent(&subj, "v2", T.plus_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.active_consent(&subj).await.unwrap().unwrap().version,
+        "v2"
+    );
+    assert!(store.revoke_consent(&subj, T.plus_secs(2)).await.unwrap());
+    assert!(store.active_consent(&subj).await.unwrap().is_none());
+    assert!(!store.revoke_consent(&subj, T.plus_secs(3)).await.unwrap());
+
+    // chat ciphertext
+    let c1 = store
+        .store_chat(NewChat {
+            appointment: appt,
+            sender: ParticipantId(4),
+            sender_role: Role::Patient,
+            sent_at: T,
+            ciphertext: vec![0xde, 0xad],
+        })
+        .await
+        .unwrap();
+    let hist = store.chat_history(appt).await.unwrap();
+    assert_eq!(hist.len(), 1);
+    assert_eq!(
+        (hist[0].id, hist[0].sender, hist[0].ciphertext.clone()),
+        (c1, ParticipantId(4), vec![0xde, 0xad])
+    );
+    assert!(store.chat_history(other).await.unwrap().is_empty());
+
+    // break-glass grants expire
+    let g = store
+        .create_break_glass(doc, "patient unconscious", T, T.plus_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .active_break_glass(doc, T.plus_secs(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        g
+    );
+    assert!(
+        store
+            .active_break_glass(doc, T.plus_secs(61))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // audit: append-only sequence, filters
+    let mut seqs = vec![];
+    for (i, action) in [
+        AuditAction::LoginOk,
+        AuditAction::LoginFailed,
+        AuditAction::BreakGlassGranted,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = AuditEvent::new(format!("account:{i}"), action, Outcome::Success, T)
+            .role(Role::Admin)
+            .target("appointment:1")
+            .source(Some("127.0.0.1".into()))
+            .request_id(Some("r1".into()));
+        if action == AuditAction::BreakGlassGranted {
+            e = e.high().detail("reason given");
+        }
+        seqs.push(store.record_audit(e).await.unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let all = store.audit_events(AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let bg = store
+        .audit_events(AuditFilter {
+            action: Some(AuditAction::BreakGlassGranted),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bg.len(), 1);
+    assert_eq!(bg[0].event.priority, Priority::High);
+    assert_eq!(bg[0].event.detail.as_deref(), Some("reason given"));
+    assert_eq!(bg[0].event.source.as_deref(), Some("127.0.0.1"));
+    assert_eq!(bg[0].event.role, Some(Role::Admin));
+    let after = store
+        .audit_events(AuditFilter {
+            after: Some(seqs[0]),
+            actor: Some("account:1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].event.action, AuditAction::LoginFailed);
+
+    // keys: first load makes a key; rotation of master and data key
+    let m1 = MasterKey::generate(&mut OsRng);
+    let ring = load_keyring(&store, &m1, T).await.unwrap();
+    // The rows above hold placeholder bytes; give every sealed column a real envelope.
+    for cell in store.sealed_cells().await.unwrap() {
+        let value = ring.seal(cell.column.context(), b"x", &mut OsRng);
+        store
+            .update_sealed_cell(&SealedCell { value, ..cell })
+            .await
+            .unwrap();
+    }
+    let sealed = ring.seal(
+        confide_signaling::crypto::ctx::REASON,
+        b"headache",
+        &mut OsRng,
+    );
+    store
+        .update_sealed_cell(&SealedCell {
+            column: SealedColumn::Reason,
+            row: appt.0,
+            value: sealed,
+        })
+        .await
+        .unwrap();
+    let m2 = MasterKey::generate(&mut OsRng);
+    assert!(
+        rotate_master_key(&store, &m2, &m1, T).await.is_err(),
+        "wrong old key"
+    );
+    assert_eq!(rotate_master_key(&store, &m1, &m2, T).await.unwrap(), 1);
+    assert!(
+        load_keyring(&store, &m1, T).await.is_err(),
+        "old master key no longer opens"
+    );
+    let new_id = rotate_data_key(&store, &m2, T).await.unwrap();
+    assert_eq!(new_id, 2);
+    let ring = load_keyring(&store, &m2, T).await.unwrap();
+    assert_eq!(ring.active_id(), 2);
+    let reason = store
+        .appointment(appt)
+        .await
+        .unwrap()
+        .unwrap()
+        .reason
+        .unwrap();
+    assert_eq!(
+        confide_signaling::crypto::Keyring::key_id_of(&reason),
+        Ok(2)
+    );
+    assert_eq!(
+        &ring
+            .open(confide_signaling::crypto::ctx::REASON, &reason)
+            .unwrap()[..],
+        b"headache"
+    );
+    assert_eq!(
+        store.data_keys().await.unwrap().len(),
+        1,
+        "old data key dropped"
+    );
+
+    store.close().await;
+}
+
+#[tokio::test]
+async fn store_suite_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.sqlite3").display());
+    suite(SqlStore::connect(&url).await.unwrap()).await;
+}
+
+fn pg_base_url() -> String {
+    std::env::var("CONFIDE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Create a fresh database for one test and return its URL.
+async fn fresh_pg_database() -> String {
+    sqlx::any::install_default_drivers();
+    let base = pg_base_url();
+    let mut conn = sqlx::AnyConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at CONFIDE_TEST_DATABASE_URL must be reachable: {e}")
+        });
+    let mut b = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut OsRng, &mut b);
+    let name = format!("confide_t_{}", hex::encode(b));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (prefix, rest) = base.rsplit_once('/').expect("URL has a database path");
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{prefix}/{name}{query}")
+}
+
+#[tokio::test]
+async fn store_suite_postgres() {
+    let url = fresh_pg_database().await;
+    let store = SqlStore::connect(&url).await.unwrap();
+    assert_eq!(store.backend(), Backend::Postgres);
+    suite(store).await;
+}
