@@ -243,7 +243,15 @@ impl AuditStore {
     /// Creates the audit tables and triggers if they are missing. Safe to call at
     /// every start; the tables do not clash with other migrations.
     pub async fn open(pool: AnyPool, backend: Backend) -> Result<Self, Error> {
-        let mut tx = pool.begin().await.map_err(db)?;
+        // SQLite: a deferred transaction reads the schema before it writes, and when
+        // another opener commits in between, the upgrade to a write lock fails at once
+        // with "database is locked" (no busy wait helps a stale snapshot). Taking the
+        // write lock up front makes concurrent openers queue on the busy timeout.
+        let mut tx = match backend {
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => pool.begin().await,
+        }
+        .map_err(db)?;
         if backend == Backend::Postgres {
             // Two servers starting at once would otherwise race on the catalog
             // (`CREATE OR REPLACE FUNCTION` fails with "tuple concurrently updated").
