@@ -5,6 +5,10 @@
 //! Packets are made by a real native client (`confide-client`) beforehand, outside the
 //! timed section. The pacer and bandwidth estimation are off so every packet leaves in
 //! the same call (see docs/benchmarks.md, "SFU forwarding").
+//!
+//! Two shapes per size: `batch1` polls the transmits after every datagram (one packet
+//! in flight, the worst case); `batch32` feeds 32 datagrams, then polls, which is what a
+//! worker does with one full `recvmmsg` batch.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,6 +20,9 @@ use common::Sim;
 use confide_client::Kind;
 use confide_sfu::ParticipantId;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Packets made (outside the timed section) per round.
+const CHUNK: usize = 1024;
 
 /// A connected 1:1 room whose participant 1 publishes; returns the sim and A's index.
 fn setup() -> (Sim, usize) {
@@ -65,34 +72,56 @@ fn make_packets(sim: &mut Sim, a: usize, kind: Kind, payload: &[u8], n: usize) -
 fn forward(c: &mut Criterion) {
     let mut g = c.benchmark_group("sfu_forward_step");
     g.throughput(Throughput::Elements(1));
-    for (name, kind, size) in [
-        ("audio_160B", Kind::Audio, 160usize),
-        ("video_1000B", Kind::Video, 1000),
+    for (name, kind, size, batch) in [
+        ("audio_160B/batch1", Kind::Audio, 160usize, 1usize),
+        ("audio_160B/batch32", Kind::Audio, 160, 32),
+        ("video_1000B/batch1", Kind::Video, 1000, 1),
+        ("video_1000B/batch32", Kind::Video, 1000, 32),
     ] {
         let (mut sim, a) = setup();
         let payload = vec![0x5a_u8; size];
         let (src, dst) = (sim.clients[a].addr, sim.sfu_addr);
+        let b_idx = 1 - a;
+        let to = sim.clients[b_idx].addr;
         g.bench_function(name, |bch| {
             bch.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 let mut left = iters as usize;
+                let mut out = Vec::with_capacity(CHUNK);
                 while left > 0 {
-                    let chunk = left.min(4096);
+                    let chunk = left.min(CHUNK);
                     let pkts = make_packets(&mut sim, a, kind, &payload, chunk);
                     let now = sim.now;
                     #[expect(clippy::disallowed_methods, reason = "benchmark timing")]
                     let t0 = Instant::now();
-                    for p in &pkts {
-                        sim.core.handle_receive(now, src, dst, p);
+                    for b in pkts.chunks(batch) {
+                        for p in b {
+                            sim.core.handle_receive(now, src, dst, p);
+                        }
+                        // What a worker does with its transmit queue before `sendmmsg`.
                         while let Some(t) = sim.core.poll_transmit() {
-                            let _ = black_box(t);
+                            out.push(black_box(t));
                         }
                     }
                     total += t0.elapsed();
-                    // Let timers run outside the timed section (RTCP, stats).
-                    sim.core.handle_timeout(now);
-                    while sim.core.poll_transmit().is_some() {}
-                    while sim.core.poll_event().is_some() {}
+                    // The step is only measured whole if every packet left for the
+                    // subscriber inside the timed section (SRTP re-encryption included).
+                    let forwarded = out.iter().filter(|t| t.destination == to).count();
+                    assert!(
+                        forwarded >= pkts.len(),
+                        "{forwarded} of {} packets reached the subscriber in the timed section",
+                        pkts.len()
+                    );
+                    // Outside the timed section: deliver, and let both clients and the
+                    // SFU run their timers (RTCP keeps the subscriber alive).
+                    for t in out.drain(..) {
+                        if t.destination == to {
+                            sim.clients[b_idx]
+                                .client
+                                .handle_receive(now, dst, to, &t.contents);
+                        }
+                    }
+                    sim.run_for(Duration::from_millis(20));
                     left -= chunk;
                 }
                 total

@@ -7,12 +7,21 @@
 //! - output: [`SfuCore::poll_transmit`], [`SfuCore::poll_event`], [`SfuCore::poll_timeout`].
 //!
 //! After any command or input, drain `poll_transmit` and `poll_event`, then wait until
-//! `poll_timeout` (or the next datagram/command).
+//! `poll_timeout` (or the next datagram/command). Feed a whole receive batch to
+//! `handle_receive` before polling: the work of a batch is settled once, not per datagram.
 //!
 //! Inside, each participant is a `Peer` in a slab addressed by a `PeerHandle`; each
-//! `Rtc` is driven with str0m's own shape: one mutation, then `poll_output` until
-//! `Output::Timeout`. Forwarding a packet is a mutation of every subscriber's `Rtc`, so
-//! those subscribers are drained right after, through a work list.
+//! `Rtc` is driven with str0m's own shape: mutations, then `poll_output` until
+//! `Output::Timeout`. Forwarding a packet is a mutation of every subscriber's `Rtc`.
+//!
+//! The hot path defers that drain. `handle_receive` polls the publisher only until its
+//! RTP packet comes out (str0m holds one received packet at a time) and writes it into
+//! each subscriber's send queue; the publisher and the subscribers go on a work list.
+//! The first output call (`poll_transmit`, `poll_event`, `poll_timeout`) or the next
+//! timer or command settles the list, draining each peer to its `Timeout` once. A burst
+//! of 32 packets from one publisher therefore costs two "poll to timeout" rounds, not 64:
+//! those rounds (str0m recomputes every stream's deadlines) were a quarter of the
+//! per-packet instructions.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -167,6 +176,8 @@ struct Peer {
     stats: ParticipantStats,
     next_stats: Option<Instant>,
     queued: bool,
+    /// RTP was written to this peer's send streams since its last drain.
+    wrote: bool,
     dead: bool,
     /// Last cumulative NACK counts per mid: `(mid, egress, ingress)`.
     nacks_seen: Vec<(Mid, u64, u64)>,
@@ -229,6 +240,8 @@ pub struct SfuCore {
     rtp_seen: bool,
     /// Due timer entries (scratch, reused).
     due: Vec<(Instant, u32, u32)>,
+    /// Time of the latest input; `settle` uses it when an output call finds work left.
+    now: Instant,
     stats: WorkerStats,
 }
 
@@ -257,6 +270,7 @@ impl SfuCore {
             doomed: Vec::new(),
             resync: Vec::new(),
             due: Vec::new(),
+            now,
             rtp_seen: false,
             stats: WorkerStats::default(),
         }
@@ -506,6 +520,7 @@ impl SfuCore {
 
     /// One datagram from the socket. Never fails: anything bad is dropped and counted.
     pub fn handle_receive(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, buf: &[u8]) {
+        self.now = now;
         self.stats.datagrams_in += 1;
         self.stats.udp_bytes_in += buf.len() as u64;
         let class = classify(buf);
@@ -553,15 +568,20 @@ impl SfuCore {
                 return;
             }
         }
-        self.drain(now, h);
+        self.drain_to_packet(now, h);
         if is_rtp && !self.rtp_seen {
             self.stats.drop_one(DropReason::Rejected);
         }
-        self.finish(now);
+        if !self.doomed.is_empty() || !self.resync.is_empty() {
+            self.settle(now);
+            self.finish(now);
+        }
     }
 
     /// Time passed. Call at (or after) [`SfuCore::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.settle(now);
         // Take the due entries first: a peer that asks for `now` again is served on the
         // next call, so one call always terminates.
         let mut due = std::mem::take(&mut self.due);
@@ -606,16 +626,25 @@ impl SfuCore {
 
     /// Next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.transmits.is_empty() && !self.work.is_empty() {
+            self.settle(self.now);
+        }
         self.transmits.pop_front()
     }
 
     /// Next event for the owner.
     pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        if !self.work.is_empty() {
+            self.settle(self.now);
+        }
         self.events.pop_front()
     }
 
     /// When [`SfuCore::handle_timeout`] should be called next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if !self.work.is_empty() {
+            self.settle(self.now);
+        }
         let heap = self.heap.peek().map(|Reverse((t, _, _))| *t);
         Some(match heap {
             Some(t) => t.min(self.next_sweep),
@@ -716,6 +745,7 @@ impl SfuCore {
             stats: ParticipantStats::default(),
             next_stats: self.config.stats_interval.map(|d| now + d),
             queued: false,
+            wrote: false,
             dead: false,
             nacks_seen: Vec::new(),
         };
@@ -837,15 +867,86 @@ impl SfuCore {
     /// Drains `h`, then every peer that got mutated on the way.
     fn drain(&mut self, now: Instant, h: PeerHandle) {
         self.enqueue(h);
+        self.settle(now);
+    }
+
+    /// Drains every peer on the work list to its `Timeout`, including peers that get
+    /// mutated on the way, then ends the turn.
+    fn settle(&mut self, now: Instant) {
         while let Some(h) = self.work.pop() {
             if let Some(p) = self.peers[h.0 as usize].as_mut() {
                 p.queued = false;
             }
             self.drain_one(now, h);
         }
+        if !self.doomed.is_empty() || !self.resync.is_empty() {
+            self.finish(now);
+        }
+    }
+
+    /// Polls `h` until its received RTP packet has been forwarded (or it has nothing
+    /// more), and leaves the rest of its output for [`SfuCore::settle`].
+    fn drain_to_packet(&mut self, now: Instant, h: PeerHandle) {
+        loop {
+            let Some(peer) = self.peers[h.0 as usize].as_mut() else {
+                return;
+            };
+            if peer.dead {
+                return;
+            }
+            let out = match guard(|| peer.rtc.poll_output()) {
+                Ok(Ok(o)) => o,
+                Ok(Err(_)) => {
+                    self.doom(h, Some(DisconnectReason::Closed));
+                    return;
+                }
+                Err(()) => {
+                    self.doom(h, Some(DisconnectReason::Internal));
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    self.schedule(h, t);
+                    return;
+                }
+                Output::Transmit(t) => {
+                    self.transmits.push_back(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    });
+                }
+                Output::Event(Event::RtpPacket(pkt)) => {
+                    self.forward(h, pkt);
+                    self.enqueue(h);
+                    return;
+                }
+                Output::Event(e) => self.handle_event(now, h, e),
+            }
+        }
     }
 
     fn drain_one(&mut self, now: Instant, h: PeerHandle) {
+        // A packet written through str0m's direct API does not wake its output pipeline:
+        // the pacer snapshots send queues only in `handle_timeout`, and `poll_output`
+        // would return the old deadline. One timeout input per drain (not per packet:
+        // a batch of writes to this peer shares it) sends what was written this turn.
+        let Some(peer) = self.peers[h.0 as usize].as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut peer.wrote) && !peer.dead {
+            match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    self.doom(h, Some(DisconnectReason::Closed));
+                    return;
+                }
+                Err(()) => {
+                    self.doom(h, Some(DisconnectReason::Internal));
+                    return;
+                }
+            }
+        }
         loop {
             let Some(peer) = self.peers[h.0 as usize].as_mut() else {
                 return;
@@ -1062,6 +1163,7 @@ impl SfuCore {
                 });
             }
             let _ = to;
+            sub_peer.wrote = true;
             if !sub_peer.queued {
                 sub_peer.queued = true;
                 self.work.push(s);

@@ -159,7 +159,7 @@ impl Sim {
         moved
     }
 
-    fn next_deadline(&self) -> Instant {
+    fn next_deadline(&mut self) -> Instant {
         let mut t = self
             .core
             .poll_timeout()
