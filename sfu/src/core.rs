@@ -1095,6 +1095,7 @@ impl SfuCore {
             nackable: kind == MediaKind::Video,
             audio_level: pkt.header.ext_vals.audio_level,
             voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
         };
         let in_seq: u64 = *pkt.seq_no;
         let in_ts = pkt.header.timestamp;
