@@ -602,11 +602,7 @@ impl SfuCore {
             }
             peer.scheduled = None;
             if peer.next_timeout <= now {
-                match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => self.doom(h, Some(DisconnectReason::Closed)),
-                    Err(()) => self.doom(h, Some(DisconnectReason::Internal)),
-                }
+                self.feed_timeout(now, h);
                 self.drain(now, h);
             } else {
                 let t = peer.next_timeout;
@@ -887,6 +883,26 @@ impl SfuCore {
     /// Polls `h` until its received RTP packet has been forwarded (or it has nothing
     /// more), and leaves the rest of its output for [`SfuCore::settle`].
     fn drain_to_packet(&mut self, now: Instant, h: PeerHandle) {
+        self.poll_peer(now, h, true);
+    }
+
+    fn drain_one(&mut self, now: Instant, h: PeerHandle) {
+        // A packet written through str0m's direct API does not wake its output pipeline:
+        // the pacer snapshots send queues only in `handle_timeout`, and `poll_output`
+        // would return the old deadline. One timeout input per drain (not per packet:
+        // a batch of writes to this peer shares it) sends what was written this turn.
+        let wrote = self.peers[h.0 as usize]
+            .as_mut()
+            .is_some_and(|p| std::mem::take(&mut p.wrote));
+        if wrote && !self.feed_timeout(now, h) {
+            return;
+        }
+        self.poll_peer(now, h, false);
+    }
+
+    /// Polls `h` until its `Timeout` (scheduled) or, with `until_packet`, until its RTP
+    /// packet has been forwarded (it then stays on the work list).
+    fn poll_peer(&mut self, now: Instant, h: PeerHandle, until_packet: bool) {
         loop {
             let Some(peer) = self.peers[h.0 as usize].as_mut() else {
                 return;
@@ -916,7 +932,7 @@ impl SfuCore {
                         contents: t.contents.into(),
                     });
                 }
-                Output::Event(Event::RtpPacket(pkt)) => {
+                Output::Event(Event::RtpPacket(pkt)) if until_packet => {
                     self.forward(h, pkt);
                     self.enqueue(h);
                     return;
@@ -926,57 +942,20 @@ impl SfuCore {
         }
     }
 
-    fn drain_one(&mut self, now: Instant, h: PeerHandle) {
-        // A packet written through str0m's direct API does not wake its output pipeline:
-        // the pacer snapshots send queues only in `handle_timeout`, and `poll_output`
-        // would return the old deadline. One timeout input per drain (not per packet:
-        // a batch of writes to this peer shares it) sends what was written this turn.
-        let Some(peer) = self.peers[h.0 as usize].as_mut() else {
-            return;
+    /// Feeds a timeout input to `h`'s `Rtc`; `false` (and the peer doomed) if it failed.
+    fn feed_timeout(&mut self, now: Instant, h: PeerHandle) -> bool {
+        let Some(peer) = self.peers[h.0 as usize].as_mut().filter(|p| !p.dead) else {
+            return false;
         };
-        if std::mem::take(&mut peer.wrote) && !peer.dead {
-            match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    self.doom(h, Some(DisconnectReason::Closed));
-                    return;
-                }
-                Err(()) => {
-                    self.doom(h, Some(DisconnectReason::Internal));
-                    return;
-                }
+        match guard(|| peer.rtc.handle_input(Input::Timeout(now))) {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                self.doom(h, Some(DisconnectReason::Closed));
+                false
             }
-        }
-        loop {
-            let Some(peer) = self.peers[h.0 as usize].as_mut() else {
-                return;
-            };
-            if peer.dead {
-                return;
-            }
-            let out = match guard(|| peer.rtc.poll_output()) {
-                Ok(Ok(o)) => o,
-                Ok(Err(_)) => {
-                    self.doom(h, Some(DisconnectReason::Closed));
-                    return;
-                }
-                Err(()) => {
-                    self.doom(h, Some(DisconnectReason::Internal));
-                    return;
-                }
-            };
-            match out {
-                Output::Timeout(t) => {
-                    self.schedule(h, t);
-                    return;
-                }
-                Output::Transmit(t) => {
-                    self.transmits.push_back(Transmit {
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    });
-                }
-                Output::Event(e) => self.handle_event(now, h, e),
+            Err(()) => {
+                self.doom(h, Some(DisconnectReason::Internal));
+                false
             }
         }
     }
