@@ -95,6 +95,10 @@ pub struct Options {
     /// SFU worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Turn the SFU's per-leg bandwidth estimation and pacing off (`confide serve
+    /// --media-bwe off`).
+    #[arg(long)]
+    pub no_bwe: bool,
     /// Client event-loop threads driving all participants.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
@@ -266,7 +270,7 @@ fn main() -> anyhow::Result<()> {
         let mut target = if opts.baseline_only {
             None
         } else {
-            Some(sfu_run::Target::start_local(opts.workers).await?)
+            Some(sfu_run::Target::start_local(opts.workers, !opts.no_bwe).await?)
         };
         if opts.ramp {
             let ns: Vec<usize> = (opts.ramp_start.max(1)..=opts.ramp_max)

@@ -36,13 +36,14 @@ pub struct Target {
 
 impl Target {
     /// Starts a server in this process (SFU with `workers` threads, 0 = one per core).
-    pub async fn start_local(workers: usize) -> anyhow::Result<Target> {
+    pub async fn start_local(workers: usize, bwe: bool) -> anyhow::Result<Target> {
         let dir = tempfile::tempdir()?;
         let mut cfg = Config::new(dir.path().join("data"));
         cfg.bind = "127.0.0.1:0".parse()?;
         cfg.demo = true;
         cfg.static_dir = Some(dir.path().join("no-static"));
         cfg.media.workers = workers;
+        cfg.media.bwe = bwe;
         let running = confide_server::start(cfg).await?;
         let demo = running.demo.clone().context("demo accounts")?;
         let staff = demo.account(Role::Staff).context("staff")?;

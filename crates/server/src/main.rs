@@ -75,6 +75,16 @@ struct MediaArgs {
     /// SFU worker threads (one UDP socket each); 0 means one per core.
     #[arg(long, env = "CONFIDE_MEDIA_WORKERS", default_value_t = 0)]
     media_workers: usize,
+    /// Bandwidth estimation and pacing per SFU leg: `on` (default) or `off` (less CPU,
+    /// keyframes not smoothed for slow receivers).
+    #[arg(long, env = "CONFIDE_MEDIA_BWE", value_enum, default_value = "on")]
+    media_bwe: OnOff,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 impl MediaArgs {
@@ -85,6 +95,7 @@ impl MediaArgs {
             public_ip: self.media_public_ip,
             port: self.media_port,
             workers: self.media_workers,
+            bwe: matches!(self.media_bwe, OnOff::On),
             ..Default::default()
         }
     }
