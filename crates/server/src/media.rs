@@ -52,8 +52,8 @@ pub struct MediaConfig {
     /// A participant that sends nothing for this long is removed.
     pub peer_timeout: Duration,
     /// Bandwidth estimation (TWCC) and pacing on every SFU leg. Off trades keyframe
-    /// smoothing toward constrained receivers for about a third less SFU CPU and lower
-    /// video latency (docs/benchmarks.md, "SFU forwarding").
+    /// smoothing toward constrained receivers for about a fifth less SFU CPU and video
+    /// frames without the pacing delay (docs/benchmarks.md, "SFU forwarding").
     pub bwe: bool,
 }
 
