@@ -13,12 +13,24 @@ use confide_server::{Config, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_party_keys_safety_code_and_frames() {
+    two_party(true).await;
+}
+
+/// The same consultation with `confide serve --media-bwe off`: no estimation or pacing
+/// on the SFU legs, frames still arrive and open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_party_with_estimation_and_pacing_off() {
+    two_party(false).await;
+}
+
+async fn two_party(bwe: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path().join("data"));
     cfg.bind = "127.0.0.1:0".parse().unwrap();
     cfg.demo = true;
     cfg.static_dir = Some(dir.path().join("no-static"));
     cfg.media.workers = 1;
+    cfg.media.bwe = bwe;
     let server = start(cfg).await.unwrap();
     let demo = server.demo.clone().unwrap();
     let creds = |role| {
