@@ -230,3 +230,70 @@ fn export_refuses_a_tampered_store() {
     .unwrap_err();
     assert_eq!(err.finding(), Some(&Finding::Altered { seq: 30 }));
 }
+
+mod mutated {
+    //! Property tests over the parsers an auditor feeds with files from elsewhere: a
+    //! package with any bytes changed is refused (never accepted, never a panic), and
+    //! notes and keys of any content are parsed or refused without a panic.
+
+    use std::io::Cursor;
+    use std::sync::OnceLock;
+
+    use confide_audit::*;
+    use proptest::prelude::*;
+
+    use super::export;
+    use crate::util::{Fixture, fixture};
+
+    fn shared() -> &'static (Fixture, String) {
+        static F: OnceLock<(Fixture, String)> = OnceLock::new();
+        F.get_or_init(|| {
+            let f = fixture(40, 16);
+            let pkg = export(&f, 8, 40);
+            (f, pkg)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_changed_byte_is_refused(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+            let (f, pkg) = shared();
+            let mut bytes = pkg.as_bytes().to_vec();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            let r = check_package(Cursor::new(&bytes), Some(&f.public));
+            if bytes != pkg.as_bytes() {
+                prop_assert!(r.is_err(), "a changed package was accepted");
+            }
+        }
+
+        #[test]
+        fn cut_or_spliced_packages_are_refused(cut in any::<prop::sample::Index>(), junk in prop::collection::vec(any::<u8>(), 0..64)) {
+            let (f, pkg) = shared();
+            let bytes = pkg.as_bytes();
+            let at = cut.index(bytes.len());
+            let mut spliced = bytes[..at].to_vec();
+            spliced.extend_from_slice(&junk);
+            spliced.extend_from_slice(&bytes[at..]);
+            if !junk.is_empty() {
+                prop_assert!(check_package(Cursor::new(&spliced), Some(&f.public)).is_err());
+            }
+            prop_assert!(check_package(Cursor::new(&bytes[..at]), Some(&f.public)).is_err());
+        }
+
+        #[test]
+        fn notes_and_keys_of_any_content_never_panic(text in "\\PC{0,300}", raw in prop::collection::vec(any::<u8>(), 0..300)) {
+            let (f, _) = shared();
+            let lossy = String::from_utf8_lossy(&raw).into_owned();
+            for t in [text.as_str(), lossy.as_str()] {
+                let _ = SignedCheckpoint::from_note(t, &f.public);
+                let _ = LogPublicKey::from_vkey(t);
+                let _ = LogSigningKey::from_skey(t);
+            }
+        }
+    }
+}
