@@ -419,3 +419,28 @@ fn forwarded_packets_leave_in_the_same_turn() {
     }
     assert_eq!(same_turn, rtp.len(), "every packet left in its own turn");
 }
+
+/// A phone held sideways stamps its video with a rotation (CVO); the SFU forwards it so
+/// the receiver can turn the picture upright.
+#[test]
+fn video_orientation_reaches_the_subscriber() {
+    let mut sim = Sim::new(29);
+    let a = sim.join(ParticipantId(1));
+    let b = sim.join(ParticipantId(2));
+    sim.wait_tracks(a, 2);
+    sim.wait_tracks(b, 2);
+    let (video, audio) = frames_for(7, 6);
+    sim.send_frames(a, &video, &audio);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.clients[b].client.received_video_orientation(), None);
+
+    sim.clients[a].client.set_video_orientation(Some(3));
+    let (video, audio) = frames_for(8, 6);
+    sim.send_frames(a, &video, &audio);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        sim.clients[b].client.received_video_orientation(),
+        Some(3),
+        "90 degrees clockwise, as sent"
+    );
+}

@@ -17,7 +17,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use crate::packetize::{MAX_SLICE, Packet, Vp8Reassembler, packetize_vp8};
@@ -150,6 +150,10 @@ pub struct MediaClient {
     next_timeout: Instant,
     connected: bool,
     failed: bool,
+    /// CVO rotation bits (RFC 7742 / 3GPP TS 26.114) stamped on our video packets.
+    video_orientation: Option<u8>,
+    /// CVO rotation bits of the last video packet received.
+    received_orientation: Option<u8>,
 }
 
 impl MediaClient {
@@ -176,7 +180,22 @@ impl MediaClient {
             next_timeout: now,
             connected: false,
             failed: false,
+            video_orientation: None,
+            received_orientation: None,
         }
+    }
+
+    /// Stamps our video packets with a coordination-of-video-orientation value, as a
+    /// phone held sideways does: the two rotation bits, 0 = upright, 1 = 90 degrees
+    /// counter-clockwise, 2 = upside down, 3 = 90 degrees clockwise. `None` stops it.
+    pub fn set_video_orientation(&mut self, rotation: Option<u8>) {
+        self.video_orientation = rotation.map(|r| r & 3);
+    }
+
+    /// The rotation bits of the last video packet received (see
+    /// [`MediaClient::set_video_orientation`]).
+    pub fn received_video_orientation(&self) -> Option<u8> {
+        self.received_orientation
     }
 
     /// The first offer: send-only audio and/or video, per [`ClientConfig`].
@@ -281,6 +300,13 @@ impl MediaClient {
             Kind::Video => packetize_vp8(frame).collect(),
         };
         let n = payloads.len();
+        let ext = ExtensionValues {
+            video_orientation: match kind {
+                Kind::Video => self.video_orientation.map(VideoOrientation::from),
+                Kind::Audio => None,
+            },
+            ..Default::default()
+        };
         let mut api = self.rtc.direct_api();
         let stream = api
             .stream_tx_by_mid(mid, None)
@@ -291,6 +317,7 @@ impl MediaClient {
             stream.write_rtp(
                 RtpWrite::new(pt, seq.into(), ts, now, p)
                     .marker(j + 1 == n)
+                    .ext_vals(ext.clone())
                     .nackable(kind == Kind::Video),
             );
         }
@@ -428,6 +455,11 @@ impl MediaClient {
                 let Some(track) = mid.and_then(|m| self.rx.get_mut(&m)) else {
                     return;
                 };
+                if track.kind == Kind::Video
+                    && let Some(v) = pkt.header.ext_vals.video_orientation
+                {
+                    self.received_orientation = Some(v as u8);
+                }
                 let frame = match track.kind {
                     Kind::Audio => Some((pkt.header.timestamp, pkt.payload.to_vec())),
                     Kind::Video => track
