@@ -572,9 +572,10 @@ impl SfuCore {
         if is_rtp && !self.rtp_seen {
             self.stats.drop_one(DropReason::Rejected);
         }
+        // Failed peers and new tracks end the turn at once (settle then finishes it);
+        // everything else waits for the batch's settle.
         if !self.doomed.is_empty() || !self.resync.is_empty() {
             self.settle(now);
-            self.finish(now);
         }
     }
 
