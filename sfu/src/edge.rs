@@ -386,6 +386,13 @@ impl Worker {
             if !wait.is_zero() && self.wait_readable(wait) {
                 self.drain_wake();
             }
+            // Every batch read before the next flush shares one settle of each peer it
+            // touched (str0m's timeout pass and output polling cost per peer, not per
+            // packet). Under light load the socket empties after one batch and the flush
+            // follows at once; under heavy load the packets would have waited in the
+            // socket buffer anyway.
+            let first = now();
+            let forwarded_before = self.forwarded();
             for _ in 0..MAX_RECV_BATCHES_PER_TURN {
                 let n = {
                     let mut chunks = recv_buf.chunks_mut(RECV_SLOT);
@@ -407,7 +414,6 @@ impl Worker {
                     }
                 };
                 let t = now();
-                let forwarded_before = self.forwarded();
                 for (i, meta) in metas.iter().enumerate().take(n) {
                     let slot = &recv_buf[i * RECV_SLOT..i * RECV_SLOT + meta.len];
                     let stride = meta.stride.max(1);
@@ -415,15 +421,15 @@ impl Worker {
                         self.core.handle_receive(t, meta.addr, self.local, seg);
                     }
                 }
-                // Send what this batch produced before reading more: keeps latency low
-                // and the transmit queue short.
-                self.flush(&mut out);
-                let forwarded = self.forwarded() - forwarded_before;
-                let dt = now().saturating_duration_since(t).as_nanos() as u64;
-                self.latency.record(dt, forwarded);
                 if n < BATCH {
                     break;
                 }
+            }
+            self.flush(&mut out);
+            let forwarded = self.forwarded() - forwarded_before;
+            if forwarded > 0 {
+                let dt = now().saturating_duration_since(first).as_nanos() as u64;
+                self.latency.record(dt, forwarded);
             }
             let t = now();
             if self.core.poll_timeout().is_some_and(|d| d <= t) {

@@ -52,15 +52,21 @@ impl Rig {
     }
 
     pub fn join(&mut self, id: ParticipantId) -> usize {
+        self.join_room(self.room, id)
+    }
+
+    /// Opens another room on the same SFU (participant ids must stay unique in the rig).
+    pub fn open_room(&mut self, room: RoomId) {
+        self.rt.block_on(self.sfu.open_room(room)).unwrap();
+    }
+
+    pub fn join_room(&mut self, room: RoomId, id: ParticipantId) -> usize {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         let addr = socket.local_addr().unwrap();
         let mut client = MediaClient::new(addr, ClientConfig::default(), now());
         let offer = client.create_offer().unwrap();
-        let answer = self
-            .rt
-            .block_on(self.sfu.offer(self.room, id, offer))
-            .unwrap();
+        let answer = self.rt.block_on(self.sfu.offer(room, id, offer)).unwrap();
         client.handle_answer(now(), &answer).unwrap();
         self.clients.push(UdpClient {
             id,
