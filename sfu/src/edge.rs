@@ -6,8 +6,10 @@
 //!
 //! 1. drain control messages with `try_recv` (bounded channel, one per worker);
 //! 2. wait for the socket or the wake socket until the core's next deadline;
-//! 3. receive a bounded number of `recvmmsg` batches (quinn-udp) into the core;
-//! 4. fire due timers, then send everything queued with `sendmmsg` batches;
+//! 3. receive what the socket has ready, a bounded number of `recvmmsg` batches
+//!    (quinn-udp), into the core, then send what they produced with `sendmmsg`: every
+//!    leg the turn touched is settled once, however many batches it spanned;
+//! 4. fire due timers and send what they produced;
 //! 5. hand events to the owner and publish counters.
 //!
 //! Control calls wake a sleeping worker through a loopback "wake" socket, so an idle
