@@ -199,6 +199,59 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     assert.equal(codes.doctor, codes.patient);
   });
 
+  test('the identity secret is stored only sealed, under a non-extractable key', async () => {
+    for (const name of ['doctor', 'patient']) {
+      const records = await page[name].evaluate(async () => {
+        const db = await new Promise((resolve, reject) => {
+          const q = indexedDB.open('confide-e2ee');
+          q.onsuccess = () => resolve(q.result);
+          q.onerror = () => reject(q.error);
+        });
+        const all = await new Promise((resolve, reject) => {
+          const q = db.transaction('identity', 'readonly').objectStore('identity').getAll();
+          q.onsuccess = () => resolve(q.result);
+          q.onerror = () => reject(q.error);
+        });
+        db.close();
+        const out = [];
+        for (const r of all) {
+          let exported = false;
+          try { await crypto.subtle.exportKey('raw', r.wrapKey); exported = true; } catch { /* refused */ }
+          // Page script may use the key (that is how the page opens the secret), but
+          // it opens to exactly one 32-byte Ed25519 secret, nothing else is stored.
+          const plain = new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: r.iv }, r.wrapKey, r.sealed));
+          out.push({
+            fields: Object.keys(r).sort(),
+            isCryptoKey: r.wrapKey instanceof CryptoKey,
+            extractable: r.wrapKey.extractable,
+            algorithm: r.wrapKey.algorithm.name,
+            usages: [...r.wrapKey.usages].sort(),
+            exported,
+            ivBytes: r.iv.byteLength,
+            sealedBytes: r.sealed.byteLength,
+            plainBytes: plain.length,
+            sealedContainsPlain: new Uint8Array(r.sealed).join(',').includes(plain.join(',')),
+          });
+          plain.fill(0);
+        }
+        return out;
+      });
+      assert.equal(records.length, 1, `${name}: one identity per account and browser profile`);
+      assert.deepEqual(records[0], {
+        fields: ['iv', 'sealed', 'v', 'wrapKey'],
+        isCryptoKey: true,
+        extractable: false,
+        algorithm: 'AES-GCM',
+        usages: ['decrypt', 'encrypt'],
+        exported: false,
+        ivBytes: 12,
+        sealedBytes: 48,
+        plainBytes: 32,
+        sealedContainsPlain: false,
+      }, `${name}: the stored identity record`);
+    }
+  });
+
   test('a chat message arrives decrypted', async () => {
     const text = `Hello doctor, the rash is better ${Date.now()}`;
     await page.patient.getByLabel('Message').fill(text);
@@ -357,6 +410,44 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     const t = await u.evaluate(() => ({ pcs: window.__test.pcs.length, gum: window.__test.gum }));
     assert.deepEqual(t, { pcs: 0, gum: 0 });
     await ctx.unsupported.close();
+  });
+
+  test('a real key offer replayed under another participant\'s id is refused; the call keeps its keys', async () => {
+    const d = page.doctor;
+    await d.evaluate(() => {
+      window.__indicator = [];
+      new MutationObserver(() => window.__indicator.push(document.getElementById('e2ee-text').textContent))
+        .observe(document.getElementById('e2ee-text'), { childList: true, characterData: true, subtree: true });
+    });
+    const before = await d.evaluate(() => window.confideTest.e2eeStats());
+    // The patient's latest key offer, exactly as the server delivered it, arrives again
+    // on the doctor's live signaling socket, now claiming another sender: what a
+    // server (or anyone relaying) would do to splice itself into the key exchange.
+    const r = await d.evaluate(() => {
+      const offers = window.__test.e2eeIn.filter((m) => atob(m.blob).charCodeAt(0) === 1);
+      const real = offers[offers.length - 1];
+      const ws = window.__test.sockets.filter((s) => s.readyState === WebSocket.OPEN).pop();
+      if (!real || !ws) return { error: `offers ${offers.length}, open socket ${!!ws}` };
+      const forged = Number(real.from) + 1000;
+      ws.dispatchEvent(new MessageEvent('message', { data: JSON.stringify({ type: 'e2ee', from: forged, blob: real.blob }) }));
+      return { from: real.from, forged };
+    });
+    assert.ok(!r.error, `no offer to replay: ${r.error}`);
+    const shown = await waitFor(async () => {
+      const seen = await d.evaluate(() => window.__indicator.join('|'));
+      return /bound to another participant/.test(seen) ? seen : null;
+    }, { timeout: 10000, what: 'the refusal on the encryption indicator' });
+    assert.match(shown, /could not be verified/);
+    const after = await d.evaluate(() => window.confideTest.e2eeStats());
+    assert.ok(!after.peers.includes(r.forged), 'the forged sender got a session');
+    assert.deepEqual(after.peers, before.peers);
+    assert.deepEqual(after.keyed, before.keyed);
+    // The call goes on with the keys it had.
+    await waitFor(async () => {
+      const s = await d.evaluate(() => window.confideTest.e2eeStats());
+      return s.decrypted.video > after.decrypted.video + 30 ? s : null;
+    }, { timeout: 15000, what: 'video still decrypting after the refusal' });
+    assert.equal(await view(d), 'call');
   });
 
   test('the doctor ends the consultation; both leave the call view', async () => {

@@ -216,6 +216,28 @@ export const INIT_SCRIPT = `(() => {
     Object.setPrototypeOf(Wrapped, Orig);
     window.RTCPeerConnection = Wrapped;
   }
+  // Signaling sockets, and the e2ee messages the server delivered on them, so a test
+  // can replay a real key offer under another sender's id.
+  const OrigWs = window.WebSocket;
+  window.__test.sockets = [];
+  window.__test.e2eeIn = [];
+  if (OrigWs) {
+    const WrappedWs = function (...args) {
+      const ws = new OrigWs(...args);
+      window.__test.sockets.push(ws);
+      ws.addEventListener('message', (e) => {
+        if (!e.isTrusted) return;
+        try {
+          const m = JSON.parse(e.data);
+          if (m && m.type === 'e2ee') window.__test.e2eeIn.push({ from: m.from, blob: m.blob });
+        } catch { /* not JSON */ }
+      });
+      return ws;
+    };
+    WrappedWs.prototype = OrigWs.prototype;
+    Object.setPrototypeOf(WrappedWs, OrigWs);
+    window.WebSocket = WrappedWs;
+  }
   const md = navigator.mediaDevices;
   if (md && md.getUserMedia) {
     const gum = md.getUserMedia.bind(md);
