@@ -13,8 +13,9 @@
 #   CHROMIUM             browser binary (default /usr/bin/chromium, Debian's package)
 #   CONFIDE_BIN          use this `confide` binary instead of building one
 #   CONFIDE_REQUIRE_TAP  1: fail if the server cannot record forwarded payloads;
-#                        0: skip that check. Default: required when the server crate
-#                        has a `tap` feature (the SFU forwarding path).
+#                        0: skip that check (and the media-path cut, same feature).
+#                        Default: required when the server crate has a `tap` feature
+#                        (the SFU forwarding path).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -96,6 +97,10 @@ fs.writeFileSync(file, JSON.stringify(d));
 
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 export CONFIDE_TAP_FILE="$work/tap.jsonl"
+# Test-only network impairment (same feature as the tap): the test writes a participant
+# id here to cut that participant's media path at the SFU.
+export CONFIDE_IMPAIR_FILE="$work/impair"
+: > "$CONFIDE_IMPAIR_FILE"
 log "starting confide on 127.0.0.1:$port"
 "$bin" serve --bind "127.0.0.1:$port" --static-dir crates/web/static \
     > target/browser/server.log 2>&1 &

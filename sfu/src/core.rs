@@ -71,6 +71,9 @@ pub struct CoreConfig {
     /// Forwarding tap (see [`crate::TapEvent`]).
     #[cfg(feature = "tap")]
     pub tap: Option<crate::tap::Tap>,
+    /// Network impairment for tests (see [`crate::Impair`]).
+    #[cfg(feature = "tap")]
+    pub impair: Option<crate::tap::Impair>,
 }
 
 impl CoreConfig {
@@ -87,6 +90,8 @@ impl CoreConfig {
             bwe_initial_bps: Some(2_500_000),
             #[cfg(feature = "tap")]
             tap: None,
+            #[cfg(feature = "tap")]
+            impair: None,
         }
     }
 }
@@ -541,6 +546,10 @@ impl SfuCore {
                 }
             },
         };
+        #[cfg(feature = "tap")]
+        if self.impaired(h) {
+            return;
+        }
         if !self.take_token(h, now) {
             self.stats.drop_one(DropReason::RateLimited);
             return;
@@ -928,6 +937,10 @@ impl SfuCore {
                     return;
                 }
                 Output::Transmit(t) => {
+                    #[cfg(feature = "tap")]
+                    if self.impaired(h) {
+                        continue;
+                    }
                     self.transmits.push_back(Transmit {
                         destination: t.destination,
                         contents: t.contents.into(),
@@ -940,6 +953,15 @@ impl SfuCore {
                 }
                 Output::Event(e) => self.handle_event(now, h, e),
             }
+        }
+    }
+
+    /// Whether the test impairment loses `h`'s datagrams now.
+    #[cfg(feature = "tap")]
+    fn impaired(&self, h: PeerHandle) -> bool {
+        match (&self.config.impair, self.live(h)) {
+            (Some(impair), Some(p)) => impair(p.room, p.id),
+            _ => false,
         }
     }
 

@@ -76,6 +76,9 @@ pub struct SfuConfig {
     /// Forwarding tap, for tests (feature `tap`).
     #[cfg(feature = "tap")]
     pub tap: Option<crate::tap::Tap>,
+    /// Network impairment, for tests (feature `tap`).
+    #[cfg(feature = "tap")]
+    pub impair: Option<crate::tap::Impair>,
 }
 
 impl Default for SfuConfig {
@@ -97,6 +100,8 @@ impl Default for SfuConfig {
             bwe_initial_bps: core.bwe_initial_bps,
             #[cfg(feature = "tap")]
             tap: None,
+            #[cfg(feature = "tap")]
+            impair: None,
         }
     }
 }
@@ -125,6 +130,7 @@ impl SfuConfig {
         #[cfg(feature = "tap")]
         {
             c.tap = self.tap.clone();
+            c.impair = self.impair.clone();
         }
         c
     }

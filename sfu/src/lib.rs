@@ -81,7 +81,7 @@ pub use crate::stats::{
     DropReason, FORWARD_LATENCY_BUCKETS_US, ForwardLatency, MediaKind, SfuStats, WorkerStats,
 };
 #[cfg(feature = "tap")]
-pub use crate::tap::{Tap, TapEvent};
+pub use crate::tap::{Impair, Tap, TapEvent};
 
 /// A consultation's media room. Assigned by signaling (a counter), never an account id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

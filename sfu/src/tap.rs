@@ -1,8 +1,10 @@
-//! Forwarding tap: a hook that sees every forwarded payload.
+//! Test hooks: a forwarding tap that sees every forwarded payload, and a network
+//! impairment that loses one participant's datagrams.
 //!
 //! Compiled only with the `tap` cargo feature (tests turn it on through a dev-dependency)
-//! and off at run time unless a hook is set in the config. Tests use it to prove the SFU
-//! only ever handles E2EE ciphertext.
+//! and off at run time unless a hook is set in the config. Tests use the tap to prove the
+//! SFU only ever handles E2EE ciphertext, and the impairment to cut a browser's media
+//! path (both directions) to watch it recover.
 
 use std::sync::Arc;
 
@@ -25,3 +27,8 @@ pub struct TapEvent<'a> {
 
 /// The hook type in [`crate::CoreConfig::tap`] and [`crate::SfuConfig::tap`].
 pub type Tap = Arc<dyn Fn(TapEvent<'_>) + Send + Sync>;
+
+/// The hook type in [`crate::CoreConfig::impair`] and [`crate::SfuConfig::impair`]:
+/// `true` loses every datagram from and to that participant's leg, as a broken network
+/// path would (signaling is untouched).
+pub type Impair = Arc<dyn Fn(RoomId, ParticipantId) -> bool + Send + Sync>;

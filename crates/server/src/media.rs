@@ -112,6 +112,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<MediaParts> {
                 event_capacity: EVENT_QUEUE,
                 #[cfg(feature = "tap")]
                 tap: tap::from_env()?,
+                #[cfg(feature = "tap")]
+                impair: tap::impair_from_env(),
                 ..defaults
             };
             let (sfu, sfu_events) = Sfu::start(sfu_cfg)?;
@@ -247,18 +249,57 @@ impl MediaPlane for SfuPlane {
     }
 }
 
-/// Test-only forwarding tap: with the `tap` feature and `CONFIDE_TAP_FILE` set, the
-/// server appends one JSON line `{"room","from","to","kind","hex"}` per forwarded
-/// payload. The browser end-to-end test reads it to prove the SFU only saw SFrame
-/// ciphertext. Never built into release packages.
+/// Test-only hooks, built only with the `tap` feature, never into release packages.
+///
+/// Forwarding tap: with `CONFIDE_TAP_FILE` set, the server appends one JSON line
+/// `{"room","from","to","kind","hex"}` per forwarded payload. The browser end-to-end
+/// test reads it to prove the SFU only saw SFrame ciphertext.
+///
+/// Network impairment: with `CONFIDE_IMPAIR_FILE` set, the file holds a participant id
+/// (or nothing); the SFU loses every datagram from and to that participant's media leg
+/// while it does, as a broken network path would. The browser test cuts a browser's
+/// media this way to watch it restart ICE and, failing that, rejoin.
 #[cfg(feature = "tap")]
 mod tap {
     use std::fs::File;
     use std::io::Write;
+    use std::sync::Arc;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
-    use confide_sfu::{MediaKind, Tap, TapEvent};
+    use confide_sfu::{Impair, MediaKind, Tap, TapEvent};
+
+    /// How often the impairment file is read.
+    const IMPAIR_POLL: Duration = Duration::from_millis(100);
+
+    pub(super) fn impair_from_env() -> Option<Impair> {
+        let path = std::env::var_os("CONFIDE_IMPAIR_FILE")?;
+        tracing::warn!("network impairment hook ON (test mode): {path:?}");
+        let target = Arc::new(AtomicU64::new(0));
+        let watched = target.clone();
+        // A reader thread, so the workers only load an atomic per datagram.
+        let spawned = std::thread::Builder::new()
+            .name("impair-file".into())
+            .spawn(move || {
+                loop {
+                    let id = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    watched.store(id, Ordering::Relaxed);
+                    std::thread::sleep(IMPAIR_POLL);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "impairment hook not started");
+            return None;
+        }
+        Some(Arc::new(move |_room, who| {
+            let id = target.load(Ordering::Relaxed);
+            id != 0 && id == who.0
+        }))
+    }
 
     /// Bound on the records written, so a long manual session cannot fill the disk.
     const MAX_RECORDS: u64 = 500_000;
@@ -272,7 +313,7 @@ mod tap {
         tracing::warn!(
             "forwarding tap ON: every forwarded payload is written to a file (test mode)"
         );
-        Ok(Some(std::sync::Arc::new(move |ev: TapEvent<'_>| {
+        Ok(Some(Arc::new(move |ev: TapEvent<'_>| {
             if written.fetch_add(1, Ordering::Relaxed) >= MAX_RECORDS {
                 return;
             }

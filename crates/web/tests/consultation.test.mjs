@@ -7,13 +7,17 @@
 //                      the appointment
 //   CONFIDE_TAP_FILE   where the server's SFU tap appends every forwarded payload as a
 //                      JSON line {kind, hex}
-//   CONFIDE_REQUIRE_TAP  0 skips the tap check (a server without the SFU tap)
+//   CONFIDE_IMPAIR_FILE  a participant id written here makes the SFU lose that
+//                      participant's media datagrams, both ways (test-only server hook)
+//   CONFIDE_REQUIRE_TAP  0 skips the tap check and the media-path cut (a server built
+//                      without the test hooks)
 //   CHROMIUM           the browser binary (default /usr/bin/chromium)
 //
 // One consultation, in order: the doctor and the patient log in (the doctor with a TOTP
 // code computed here), the patient consents and waits, the doctor admits, both decode
 // each other's video, both show the same safety code, a chat message arrives decrypted,
-// the SFU only ever forwarded ciphertext, a third account is refused, the doctor ends.
+// the SFU only ever forwarded ciphertext, a third account is refused, the patient's
+// media path is cut (ICE restart, then a full rejoin), the doctor ends.
 
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,6 +34,8 @@ const DEMO = process.env.CONFIDE_DEMO_JSON;
 const TAP = process.env.CONFIDE_TAP_FILE;
 const TAP_SKIP = process.env.CONFIDE_REQUIRE_TAP === '0'
   ? 'the server was built without the SFU tap (CONFIDE_REQUIRE_TAP=0)' : false;
+const IMPAIR = process.env.CONFIDE_IMPAIR_FILE;
+const IMPAIR_SKIP = TAP_SKIP || (IMPAIR ? false : 'CONFIDE_IMPAIR_FILE is not set');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT = artifactsDir();
 
@@ -447,6 +453,94 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       const s = await d.evaluate(() => window.confideTest.e2eeStats());
       return s.decrypted.video > after.decrypted.video + 30 ? s : null;
     }, { timeout: 15000, what: 'video still decrypting after the refusal' });
+    assert.equal(await view(d), 'call');
+  });
+
+  /** Watches the page's banner; `banners(p)` returns what it showed since. */
+  async function watchBanner(p) {
+    await p.evaluate(() => {
+      const b = document.getElementById('banner');
+      window.__mediaBanners = [];
+      new MutationObserver(() => window.__mediaBanners.push(b.textContent))
+        .observe(b, { childList: true, characterData: true, subtree: true });
+    });
+  }
+
+  function cutMedia(participant) {
+    writeFileSync(IMPAIR, participant === null ? '' : String(participant));
+  }
+
+  async function decodingAgain(name, what) {
+    await waitFor(async () => {
+      const s0 = await inboundStats(page[name], { lastOnly: true });
+      await new Promise((r) => setTimeout(r, 2000));
+      const s1 = await inboundStats(page[name], { lastOnly: true });
+      return s1.video.framesDecoded > s0.video.framesDecoded + 20 ? s1 : null;
+    }, { timeout: 45000, interval: 500, what: `${name}: ${what}` });
+  }
+
+  test('the patient\'s media path is lost for a while: ICE restart on the same connection, media back', { skip: IMPAIR_SKIP }, async () => {
+    const p = page.patient;
+    const me = (await p.evaluate(() => window.confideTest.state())).you;
+    assert.ok(Number.isInteger(me), `patient participant id: ${me}`);
+    await watchBanner(p);
+    const ufrag = () => p.evaluate(() => {
+      const pc = window.__test.pcs[window.__test.pcs.length - 1];
+      return { n: window.__test.pcs.length, state: pc.connectionState, ufrag: (/a=ice-ufrag:(\S+)/.exec(pc.localDescription.sdp) || [])[1] };
+    });
+    const before = await ufrag();
+    assert.equal(before.state, 'connected');
+    cutMedia(me);
+    try {
+      await waitFor(async () => (await p.evaluate(() => window.__mediaBanners.join('|'))).includes('Media connection lost'),
+        { timeout: 20000, what: 'the media-lost banner' });
+      // The grace period passes and the page restarts ICE: a new local ufrag, same connection.
+      await waitFor(async () => {
+        const u = await ufrag();
+        return u.ufrag && u.ufrag !== before.ufrag ? u : null;
+      }, { timeout: 20000, what: 'an ICE restart offer' });
+    } finally {
+      cutMedia(null);
+    }
+    const after = await waitFor(async () => {
+      const u = await ufrag();
+      return u.state === 'connected' ? u : null;
+    }, { timeout: 20000, what: 'the connection back after the ICE restart' });
+    assert.equal(after.n, before.n, 'the page rejoined instead of restarting ICE');
+    await decodingAgain('patient', 'video decoding again after the ICE restart');
+    await decodingAgain('doctor', 'the patient\'s video decoding again after the ICE restart');
+    assert.equal(await p.locator('#banner').innerText(), '');
+    assert.equal(await view(p), 'call');
+  });
+
+  test('the patient\'s media path stays down: the page rejoins from scratch, new keys, media back', { skip: IMPAIR_SKIP }, async () => {
+    const p = page.patient;
+    const d = page.doctor;
+    const me = (await p.evaluate(() => window.confideTest.state())).you;
+    const pcsBefore = await p.evaluate(() => window.__test.pcs.length);
+    const oldCode = await p.locator('#safety-code').getAttribute('data-code');
+    cutMedia(me);
+    try {
+      // ICE restart fails too (the path is still cut); after REJOIN_AFTER_MS the page
+      // drops signaling and joins again with a new peer connection.
+      await waitFor(async () => (await p.evaluate(() => window.__test.pcs.length)) > pcsBefore ? true : null,
+        { timeout: 60000, interval: 500, what: 'a new peer connection (full rejoin)' });
+    } finally {
+      cutMedia(null);
+    }
+    await waitFor(async () => {
+      const s = await p.evaluate(() => window.confideTest.state());
+      return s.inCall && s.peers.length === 1 ? s : null;
+    }, { timeout: 30000, what: 'the patient back in the call' });
+    const code = await waitFor(async () => {
+      const a = await d.locator('#safety-code').getAttribute('data-code');
+      const b = await p.locator('#safety-code').getAttribute('data-code');
+      return a && a === b && a !== oldCode ? a : null;
+    }, { timeout: 30000, what: 'a new, equal safety code on both sides' });
+    assert.ok(code);
+    await decodingAgain('patient', 'video decoding again after the rejoin');
+    await decodingAgain('doctor', 'the patient\'s video decoding again after the rejoin');
+    assert.equal(await view(p), 'call');
     assert.equal(await view(d), 'call');
   });
 
