@@ -40,10 +40,7 @@ fn tap_frames(taps: &[(u64, MediaKind, Vec<u8>)], from: u64, kind: MediaKind) ->
 fn two_party_e2ee_frames_arrive_byte_identical_and_sfu_sees_only_ciphertext() {
     let (mut sim, tap) = tapped(1);
     let mut keys = e2ee_keys(2);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
 
     let (video, audio) = frames_for(1, 20);
     let (sv, sa) = seal_all(&mut keys[0].0, &video, &audio);
@@ -119,10 +116,7 @@ fn three_party_everyone_gets_everyone_encrypted() {
 #[test]
 fn late_joiner_gets_tracks_and_a_keyframe_request_goes_out() {
     let mut sim = Sim::new(5);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, _b) = sim.pair();
     let before = sim.core.stats().keyframe_requests_out;
     let (v, au) = frames_for(1, 12);
     sim.send_frames(a, &v[..6], &au[..6]);
@@ -148,10 +142,7 @@ fn late_joiner_gets_tracks_and_a_keyframe_request_goes_out() {
 #[test]
 fn keyframe_request_travels_subscriber_to_sfu_to_publisher_throttled() {
     let mut sim = Sim::new(6);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
     let (v, au) = frames_for(1, 3);
     sim.send_frames(a, &v, &au);
     sim.run_for(Duration::from_secs(1));
@@ -205,10 +196,7 @@ fn keyframe_request_travels_subscriber_to_sfu_to_publisher_throttled() {
 fn five_percent_loss_on_the_way_in_recovers_via_nack() {
     let mut sim = Sim::new(7);
     let mut keys = e2ee_keys(2);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
     sim.loss_in = 0.05;
     let (video, audio) = frames_for(3, 60);
     let (sv, sa) = seal_all(&mut keys[0].0, &video, &audio);
@@ -228,10 +216,7 @@ fn five_percent_loss_on_the_way_in_recovers_via_nack() {
 #[test]
 fn removed_participant_stops_at_once() {
     let mut sim = Sim::new(3);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, _b) = sim.pair();
     let room = sim.room;
     sim.core.remove(sim.now, room, ParticipantId(1)).unwrap();
     let before = sim.core.stats().video_packets_out;
@@ -280,10 +265,7 @@ fn silent_peer_times_out_with_event() {
 #[test]
 fn close_room_stops_everything() {
     let mut sim = Sim::new(8);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, _b) = sim.pair();
     let room = sim.room;
     sim.core.close_room(sim.now, room).unwrap();
     assert_eq!(sim.core.stats().active_connections, 0);
@@ -296,10 +278,7 @@ fn close_room_stops_everything() {
 #[test]
 fn ice_restart_by_client_renegotiates_and_asks_for_a_keyframe() {
     let mut sim = Sim::new(9);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
     let (v, au) = frames_for(1, 3);
     sim.send_frames(a, &v, &au);
     sim.run_for(Duration::from_secs(1));
@@ -348,10 +327,7 @@ fn trickled_candidates_are_parsed_or_refused() {
 #[test]
 fn flood_from_a_known_peer_is_rate_limited_and_the_room_survives() {
     let mut sim = Sim::new(12);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
     let (src, dst) = (sim.clients[a].addr, sim.sfu_addr);
     let mut junk = [0u8; 200];
     for i in 0..20_000u32 {
@@ -380,10 +356,7 @@ fn flood_from_a_known_peer_is_rate_limited_and_the_room_survives() {
 #[test]
 fn forwarded_packets_leave_in_the_same_turn() {
     let mut sim = Sim::new(23);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
     let (src, dst, to) = (sim.clients[a].addr, sim.sfu_addr, sim.clients[b].addr);
     let mut rtp = Vec::new();
     for _ in 0..20 {
@@ -425,10 +398,7 @@ fn forwarded_packets_leave_in_the_same_turn() {
 #[test]
 fn video_orientation_reaches_the_subscriber() {
     let mut sim = Sim::new(29);
-    let a = sim.join(ParticipantId(1));
-    let b = sim.join(ParticipantId(2));
-    sim.wait_tracks(a, 2);
-    sim.wait_tracks(b, 2);
+    let (a, b) = sim.pair();
     let (video, audio) = frames_for(7, 6);
     sim.send_frames(a, &video, &audio);
     sim.run_for(Duration::from_millis(200));

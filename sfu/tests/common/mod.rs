@@ -68,6 +68,15 @@ impl Sim {
     }
 
     /// Adds a participant publishing audio and video; returns its index.
+    /// The usual start: participants 1 and 2 joined, each seeing the other's two tracks.
+    pub fn pair(&mut self) -> (usize, usize) {
+        let a = self.join(ParticipantId(1));
+        let b = self.join(ParticipantId(2));
+        self.wait_tracks(a, 2);
+        self.wait_tracks(b, 2);
+        (a, b)
+    }
+
     pub fn join(&mut self, id: ParticipantId) -> usize {
         let addr: SocketAddr = format!("127.0.0.1:{}", 40000 + id.0).parse().unwrap();
         let mut client = MediaClient::new(addr, ClientConfig::default(), self.now);
@@ -261,23 +270,28 @@ impl Sim {
 
     /// Frames client `i` received of `kind` from the stream `stream_id`, in RTP time order.
     pub fn received(&self, i: usize, kind: Kind, stream_id: &str) -> Vec<Vec<u8>> {
-        let mut v: Vec<(u32, Vec<u8>)> = self.clients[i]
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Frame {
-                    kind: k,
-                    stream_id: s,
-                    rtp_time,
-                    data,
-                    ..
-                } if *k == kind && s == stream_id => Some((*rtp_time, data.clone())),
-                _ => None,
-            })
-            .collect();
-        v.sort_by_key(|(t, _)| *t);
-        v.into_iter().map(|(_, d)| d).collect()
+        frames_in(&self.clients[i].events, kind, stream_id)
     }
+}
+
+/// The frames among a client's `events` of `kind` from the stream `stream_id`, in RTP
+/// time order.
+pub fn frames_in(events: &[ClientEvent], kind: Kind, stream_id: &str) -> Vec<Vec<u8>> {
+    let mut v: Vec<(u32, Vec<u8>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Frame {
+                kind: k,
+                stream_id: s,
+                rtp_time,
+                data,
+                ..
+            } if *k == kind && s == stream_id => Some((*rtp_time, data.clone())),
+            _ => None,
+        })
+        .collect();
+    v.sort_by_key(|(t, _)| *t);
+    v.into_iter().map(|(_, d)| d).collect()
 }
 
 /// Marker inside every plaintext frame: it must never appear in what the SFU forwards.

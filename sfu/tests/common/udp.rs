@@ -182,21 +182,6 @@ impl Rig {
     }
 
     pub fn received(&self, i: usize, kind: Kind, stream_id: &str) -> Vec<Vec<u8>> {
-        let mut v: Vec<(u32, Vec<u8>)> = self.clients[i]
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Frame {
-                    kind: k,
-                    stream_id: s,
-                    rtp_time,
-                    data,
-                    ..
-                } if *k == kind && s == stream_id => Some((*rtp_time, data.clone())),
-                _ => None,
-            })
-            .collect();
-        v.sort_by_key(|(t, _)| *t);
-        v.into_iter().map(|(_, d)| d).collect()
+        super::frames_in(&self.clients[i].events, kind, stream_id)
     }
 }
