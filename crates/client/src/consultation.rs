@@ -326,8 +326,18 @@ impl Participant {
                 let id = participant.id.0;
                 if id != self.you && self.peers.insert(id) {
                     out.push(Happening::PeerJoined(id));
-                    // Our key offer to the newcomer (it answers with its sender key).
                     if let Some(slot) = self.slot {
+                        // Ratchet first, so the newcomer only ever gets the new key;
+                        // the others get it too, as the browser does.
+                        for (to, blob) in self.media.peer_joined(slot, id).await? {
+                            self.sig
+                                .send(&ClientMsg::E2ee {
+                                    to: Some(ParticipantId(to)),
+                                    blob,
+                                })
+                                .await?;
+                        }
+                        // Our key offer to the newcomer (it answers with its sender key).
                         let blob = self.media.key_offer(slot).await?;
                         self.sig
                             .send(&ClientMsg::E2ee {
@@ -341,7 +351,15 @@ impl Participant {
             ServerMsg::ParticipantLeft { participant, .. } => {
                 self.peers.remove(&participant.0);
                 if let Some(slot) = self.slot {
-                    self.media.peer_left(slot, participant.0);
+                    // A fresh sender key the leaver never had, to those who remain.
+                    for (to, blob) in self.media.peer_left(slot, participant.0).await? {
+                        self.sig
+                            .send(&ClientMsg::E2ee {
+                                to: Some(ParticipantId(to)),
+                                blob,
+                            })
+                            .await?;
+                    }
                 }
                 out.push(Happening::PeerLeft(participant.0));
             }

@@ -169,7 +169,8 @@ pub struct LoopStats {
     pub frames_expected: u64,
     /// Audio frames expected (one packet each: this is packet loss).
     pub audio_expected: u64,
-    /// Frames that arrived before their sender's key (not counted as loss).
+    /// Frames that arrived before their sender's key, or before its newest key after a
+    /// join or leave (not counted as loss).
     pub before_key: u64,
     /// Frames that failed to open (forged, wrong key): should stay 0.
     pub open_failures: u64,
@@ -289,6 +290,9 @@ pub struct SlotStatus {
     pub frames_opened: u64,
     /// The session died.
     pub dead: bool,
+    /// The KID our frames are sealed under now (it changes when someone joins or
+    /// leaves).
+    pub sender_kid: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
@@ -298,7 +302,8 @@ enum Cmd {
     Answer(SlotId, String, Reply<()>),
     Offer(SlotId, String, Reply<String>),
     E2ee(SlotId, u64, String, Reply<KeyReply>),
-    PeerLeft(SlotId, u64),
+    PeerJoined(SlotId, u64, Reply<Vec<(u64, String)>>),
+    PeerLeft(SlotId, u64, Reply<Vec<(u64, String)>>),
     Status(SlotId, Reply<SlotStatus>),
     SafetyCode(SlotId, u64, Reply<Option<String>>),
     KeyOffer(SlotId, Reply<String>),
@@ -412,9 +417,24 @@ impl MediaLoop {
         self.call(|r| Cmd::E2ee(slot, from, blob, r)).await
     }
 
-    /// A peer left: forget its pairwise keys.
-    pub fn peer_left(&self, slot: SlotId, peer: u64) {
-        self.cast(Cmd::PeerLeft(slot, peer));
+    /// A peer was admitted: ratchets our sender key (the newcomer cannot read what was
+    /// sent before). Returns blobs to send: the ratcheted key sealed to the other peers.
+    pub async fn peer_joined(
+        &self,
+        slot: SlotId,
+        peer: u64,
+    ) -> Result<Vec<(u64, String)>, DriverError> {
+        self.call(|r| Cmd::PeerJoined(slot, peer, r)).await
+    }
+
+    /// A peer left: forgets its pairwise keys and rotates our sender key (it cannot read
+    /// what follows). Returns blobs to send: the new key sealed to those who remain.
+    pub async fn peer_left(
+        &self,
+        slot: SlotId,
+        peer: u64,
+    ) -> Result<Vec<(u64, String)>, DriverError> {
+        self.call(|r| Cmd::PeerLeft(slot, peer, r)).await
     }
 
     /// Where the slot stands.
@@ -618,10 +638,25 @@ impl Worker {
                 };
                 let _ = r.send(res);
             }
-            Cmd::PeerLeft(id, peer) => {
-                if let Some(s) = self.slots.get_mut(&id.0) {
-                    s.keys.remove_peer(peer);
-                }
+            Cmd::PeerJoined(id, peer, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => s
+                        .keys
+                        .peer_joined(peer, &mut s.sealer)
+                        .map_err(DriverError::from),
+                    None => Err(DriverError::UnknownSlot),
+                };
+                let _ = r.send(res);
+            }
+            Cmd::PeerLeft(id, peer, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => s
+                        .keys
+                        .peer_left(peer, &mut s.sealer)
+                        .map_err(DriverError::from),
+                    None => Err(DriverError::UnknownSlot),
+                };
+                let _ = r.send(res);
             }
             Cmd::Status(id, r) => {
                 let res = self
@@ -632,6 +667,7 @@ impl Worker {
                         keyed_peers: s.keyed,
                         frames_opened: s.opened,
                         dead: !s.client.is_alive(),
+                        sender_kid: s.sealer.kid(),
                     })
                     .ok_or(DriverError::UnknownSlot);
                 let _ = r.send(res);
@@ -899,7 +935,12 @@ impl Worker {
             self.stats.bytes_received += data.len() as u64;
             match s.opener.open(&stream_id, kind, &data, &mut self.opened) {
                 Ok(_) => {}
-                Err(crate::e2ee::FrameError::NoKey) => {
+                // No key from this sender yet, or not its newest one yet (media can
+                // beat the sealed key of a rotation through signaling).
+                Err(
+                    crate::e2ee::FrameError::NoKey
+                    | crate::e2ee::FrameError::E2ee(confide_e2ee::Error::UnknownKey { .. }),
+                ) => {
                     self.stats.before_key += 1;
                     continue;
                 }

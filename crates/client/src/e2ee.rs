@@ -60,6 +60,16 @@ impl FrameSealer {
     pub fn ratchet(&mut self) -> Result<(), FrameError> {
         Ok(self.enc.ratchet()?)
     }
+
+    /// Switches to a fresh key of the next generation (someone left).
+    pub fn rotate(&mut self, rng: &mut confide_e2ee::SeededRng) -> Result<(), FrameError> {
+        Ok(self.enc.rotate(rng)?)
+    }
+
+    /// The KID frames are sealed under now.
+    pub fn kid(&self) -> u64 {
+        self.enc.kid()
+    }
 }
 
 /// Opens frames from each sender, keyed by the sender's media stream id.

@@ -113,9 +113,41 @@ impl KeyAgreement {
         self.peers.get(&peer).map(|p| p.safety_code().to_text())
     }
 
-    /// Forgets a peer that left.
-    pub fn remove_peer(&mut self, peer: u64) {
+    /// Someone new was admitted: ratchet our key so they cannot read what was sent
+    /// before, and return it sealed to every peer we already have a session with (they
+    /// would follow the ratchet by themselves; the browser sends it all the same). The
+    /// newcomer's copy goes out when its offer arrives. Nothing to do while alone.
+    pub fn peer_joined(
+        &mut self,
+        peer: u64,
+        sealer: &mut FrameSealer,
+    ) -> Result<Vec<(u64, String)>, KeyError> {
+        if self.peers.is_empty() || self.peers.contains_key(&peer) {
+            return Ok(Vec::new());
+        }
+        sealer.ratchet()?;
+        self.seal_to_all(sealer)
+    }
+
+    /// A peer left: forget its pairwise keys and switch to a fresh sender key it never
+    /// had; returns that key sealed to every remaining peer.
+    pub fn peer_left(
+        &mut self,
+        peer: u64,
+        sealer: &mut FrameSealer,
+    ) -> Result<Vec<(u64, String)>, KeyError> {
         self.peers.remove(&peer);
+        sealer.rotate(&mut self.rng)?;
+        self.seal_to_all(sealer)
+    }
+
+    fn seal_to_all(&mut self, sealer: &FrameSealer) -> Result<Vec<(u64, String)>, KeyError> {
+        let mut send = Vec::with_capacity(self.peers.len());
+        for (&to, pair) in &self.peers {
+            let sealed = pair.seal_sender_key(sealer.sender_key(), &mut self.rng)?;
+            send.push((to, envelope(BLOB_SENDER_KEY, &sealed)));
+        }
+        Ok(send)
     }
 
     /// Handles a blob `from` a peer: answers an offer with our sealed sender key, or
@@ -196,6 +228,59 @@ mod tests {
             b.receive(3, &ra.send[0].1, &sb, &mut ob).unwrap().keyed,
             Some(3)
         );
+    }
+
+    /// `a` and `b` hold each other's keys.
+    fn keyed_pair(
+        a: &mut (KeyAgreement, FrameSealer, FrameOpener),
+        ida: u64,
+        b: &mut (KeyAgreement, FrameSealer, FrameOpener),
+        idb: u64,
+    ) {
+        let rb = b.0.receive(ida, &a.0.offer_blob(), &b.1, &mut b.2).unwrap();
+        let ra = a.0.receive(idb, &b.0.offer_blob(), &a.1, &mut a.2).unwrap();
+        a.0.receive(idb, &rb.send[0].1, &a.1, &mut a.2).unwrap();
+        b.0.receive(ida, &ra.send[0].1, &b.1, &mut b.2).unwrap();
+    }
+
+    fn seal(s: &mut FrameSealer, frame: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.seal(crate::Kind::Audio, frame, &mut out).unwrap();
+        out
+    }
+
+    fn opens(o: &mut FrameOpener, from: u64, sealed: &[u8]) -> bool {
+        let mut out = Vec::new();
+        o.open(&stream_id(from), crate::Kind::Audio, sealed, &mut out)
+            .is_ok()
+    }
+
+    #[test]
+    fn join_ratchets_and_leave_rotates_the_sender_key() {
+        let mut a = party(1, 3);
+        let mut b = party(2, 7);
+        let mut c = party(3, 9);
+        // Alone: a joiner changes nothing yet.
+        assert!(a.0.peer_joined(7, &mut a.1).unwrap().is_empty());
+        keyed_pair(&mut a, 3, &mut b, 7);
+        // c is admitted: a ratchets and re-seals to b only (c's copy follows its offer).
+        let kid0 = a.1.kid();
+        let send = a.0.peer_joined(9, &mut a.1).unwrap();
+        assert_eq!(send.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![7]);
+        assert_ne!(a.1.kid(), kid0);
+        b.0.receive(3, &send[0].1, &b.1, &mut b.2).unwrap();
+        keyed_pair(&mut a, 3, &mut c, 9);
+        let after_join = seal(&mut a.1, b"after the join");
+        assert!(opens(&mut b.2, 3, &after_join));
+        assert!(opens(&mut c.2, 3, &after_join));
+        // c leaves: a rotates and seals the new key to b only; c cannot open what follows.
+        let send = a.0.peer_left(9, &mut a.1).unwrap();
+        assert_eq!(send.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![7]);
+        assert!(a.0.safety_code(9).is_none());
+        b.0.receive(3, &send[0].1, &b.1, &mut b.2).unwrap();
+        let after_leave = seal(&mut a.1, b"after the leave");
+        assert!(opens(&mut b.2, 3, &after_leave));
+        assert!(!opens(&mut c.2, 3, &after_leave));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! - [`signaling`]: REST login (with TOTP) and the `/ws` WebSocket over TLS, typed with
 //!   `confide_signaling::proto`.
-//! - [`keys`]: the E2EE key exchange over `e2ee` blobs, compatible with the browser.
+//! - [`keys`]: the E2EE key exchange over `e2ee` blobs, compatible with the browser,
+//!   with its join ratchet and leave rotation of our sender key.
 //! - [`driver`]: [`MediaLoop`], one thread driving many participants (synthetic E2EE
 //!   traffic, latency/loss/jitter measurement) for examples, tests and the bench.
 //! - [`consultation`]: one participant's whole flow (join, admit, media, keys, end).
