@@ -329,22 +329,11 @@ impl Participant {
                     if let Some(slot) = self.slot {
                         // Ratchet first, so the newcomer only ever gets the new key;
                         // the others get it too, as the browser does.
-                        for (to, blob) in self.media.peer_joined(slot, id).await? {
-                            self.sig
-                                .send(&ClientMsg::E2ee {
-                                    to: Some(ParticipantId(to)),
-                                    blob,
-                                })
-                                .await?;
-                        }
+                        let ratcheted = self.media.peer_joined(slot, id).await?;
+                        self.send_keys(ratcheted).await?;
                         // Our key offer to the newcomer (it answers with its sender key).
-                        let blob = self.media.key_offer(slot).await?;
-                        self.sig
-                            .send(&ClientMsg::E2ee {
-                                to: Some(ParticipantId(id)),
-                                blob,
-                            })
-                            .await?;
+                        let offer = self.media.key_offer(slot).await?;
+                        self.send_keys(vec![(id, offer)]).await?;
                     }
                 }
             }
@@ -352,14 +341,8 @@ impl Participant {
                 self.peers.remove(&participant.0);
                 if let Some(slot) = self.slot {
                     // A fresh sender key the leaver never had, to those who remain.
-                    for (to, blob) in self.media.peer_left(slot, participant.0).await? {
-                        self.sig
-                            .send(&ClientMsg::E2ee {
-                                to: Some(ParticipantId(to)),
-                                blob,
-                            })
-                            .await?;
-                    }
+                    let rotated = self.media.peer_left(slot, participant.0).await?;
+                    self.send_keys(rotated).await?;
                 }
                 out.push(Happening::PeerLeft(participant.0));
             }
@@ -384,14 +367,7 @@ impl Participant {
                 };
                 match self.media.e2ee(slot, from.0, blob).await {
                     Ok(reply) => {
-                        for (to, blob) in reply.send {
-                            self.sig
-                                .send(&ClientMsg::E2ee {
-                                    to: Some(ParticipantId(to)),
-                                    blob,
-                                })
-                                .await?;
-                        }
+                        self.send_keys(reply.send).await?;
                         if let Some((peer, code)) = reply.safety {
                             self.safety.insert(peer, code.clone());
                             out.push(Happening::SafetyCode { peer, code });
@@ -469,6 +445,19 @@ impl Participant {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Sends key-exchange blobs, each to its one recipient.
+    async fn send_keys(&mut self, blobs: Vec<(u64, String)>) -> Result<(), ConsultationError> {
+        for (to, blob) in blobs {
+            self.sig
+                .send(&ClientMsg::E2ee {
+                    to: Some(ParticipantId(to)),
+                    blob,
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     fn finish(&mut self) {

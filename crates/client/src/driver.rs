@@ -626,37 +626,20 @@ impl Worker {
                 self.flush(id.0);
             }
             Cmd::E2ee(id, from, blob, r) => {
-                let res = match self.slots.get_mut(&id.0) {
-                    Some(s) => {
-                        let res = s.keys.receive(from, &blob, &s.sealer, &mut s.opener);
-                        if let Ok(KeyReply { keyed: Some(_), .. }) = &res {
-                            s.keyed += 1;
-                        }
-                        res.map_err(DriverError::from)
+                let res = self.with_keys(id, |s| {
+                    let res = s.keys.receive(from, &blob, &s.sealer, &mut s.opener);
+                    if let Ok(KeyReply { keyed: Some(_), .. }) = &res {
+                        s.keyed += 1;
                     }
-                    None => Err(DriverError::UnknownSlot),
-                };
+                    res
+                });
                 let _ = r.send(res);
             }
             Cmd::PeerJoined(id, peer, r) => {
-                let res = match self.slots.get_mut(&id.0) {
-                    Some(s) => s
-                        .keys
-                        .peer_joined(peer, &mut s.sealer)
-                        .map_err(DriverError::from),
-                    None => Err(DriverError::UnknownSlot),
-                };
-                let _ = r.send(res);
+                let _ = r.send(self.with_keys(id, |s| s.keys.peer_joined(peer, &mut s.sealer)));
             }
             Cmd::PeerLeft(id, peer, r) => {
-                let res = match self.slots.get_mut(&id.0) {
-                    Some(s) => s
-                        .keys
-                        .peer_left(peer, &mut s.sealer)
-                        .map_err(DriverError::from),
-                    None => Err(DriverError::UnknownSlot),
-                };
-                let _ = r.send(res);
+                let _ = r.send(self.with_keys(id, |s| s.keys.peer_left(peer, &mut s.sealer)));
             }
             Cmd::Status(id, r) => {
                 let res = self
@@ -886,6 +869,16 @@ impl Worker {
                 Kind::Video => self.stats.video_frames_sent += 1,
             }
         }
+    }
+
+    /// Runs a key-exchange step on slot `id`.
+    fn with_keys<T>(
+        &mut self,
+        id: SlotId,
+        f: impl FnOnce(&mut Slot) -> Result<T, KeyError>,
+    ) -> Result<T, DriverError> {
+        let s = self.slots.get_mut(&id.0).ok_or(DriverError::UnknownSlot)?;
+        Ok(f(s)?)
     }
 
     fn flush(&mut self, id: u32) {

@@ -13,7 +13,7 @@ use confide_client::driver::SlotStatus;
 use confide_client::signaling::Method;
 use confide_client::{Credentials, Endpoint, MediaLoop, Participant, SlotId, Traffic};
 use confide_server::confide_signaling::model::Role;
-use confide_server::{Config, start};
+use confide_server::{Config, Running, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_party_keys_safety_code_and_frames() {
@@ -27,7 +27,9 @@ async fn two_party_with_estimation_and_pacing_off() {
     two_party(false).await;
 }
 
-async fn two_party(bwe: bool) {
+/// A demo server (one SFU worker) in a temporary directory, and an endpoint to it. The
+/// directory lives as long as the returned guard.
+async fn demo_server(bwe: bool) -> (tempfile::TempDir, Running, Endpoint) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path().join("data"));
     cfg.bind = "127.0.0.1:0".parse().unwrap();
@@ -36,16 +38,34 @@ async fn two_party(bwe: bool) {
     cfg.media.workers = 1;
     cfg.media.bwe = bwe;
     let server = start(cfg).await.unwrap();
-    let demo = server.demo.clone().unwrap();
-    let creds = |role| {
-        let a = demo.account(role).unwrap();
-        Credentials {
-            username: a.username.clone(),
-            password: a.password.clone(),
-            totp_secret: a.totp_secret.clone(),
-        }
-    };
     let ep = Endpoint::new("localhost", server.addr, Some(&server.cert_der)).unwrap();
+    (dir, server, ep)
+}
+
+/// The demo account of `role`.
+fn creds(server: &Running, role: Role) -> Credentials {
+    let a = server.demo.as_ref().unwrap().account(role).unwrap();
+    Credentials {
+        username: a.username.clone(),
+        password: a.password.clone(),
+        totp_secret: a.totp_secret.clone(),
+    }
+}
+
+/// Light synthetic traffic: enough frames to check, little CPU.
+fn light_traffic(video_bps: u64) -> Traffic {
+    Traffic {
+        video_bps,
+        fps: 10,
+        audio_pps: 20,
+        ..Traffic::default()
+    }
+}
+
+async fn two_party(bwe: bool) {
+    let (_dir, server, ep) = demo_server(bwe).await;
+    let demo = server.demo.clone().unwrap();
+    let creds = |role| creds(&server, role);
     // A wrong TOTP secret is refused like a wrong password.
     let mut bad = creds(Role::Doctor);
     bad.totp_secret = Some("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".into());
@@ -56,12 +76,7 @@ async fn two_party(bwe: bool) {
     );
 
     let media = Arc::new(MediaLoop::start("client-test-media", [127, 0, 0, 1].into()).unwrap());
-    let traffic = Traffic {
-        video_bps: 150_000,
-        fps: 10,
-        audio_pps: 20,
-        ..Traffic::default()
-    };
+    let traffic = light_traffic(150_000);
     let appt = demo.appointment_id.0;
     let mut doctor = Participant::join(&ep, &creds(Role::Doctor), appt, media.clone())
         .await
@@ -192,27 +207,13 @@ async fn until_status(
 /// frames. The browser does the same (`e2ee-worker.js` `peerJoined`/`peerLeft`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_party_guest_joins_and_leaves_keys_ratchet_and_rotate() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("data"));
-    cfg.bind = "127.0.0.1:0".parse().unwrap();
-    cfg.demo = true;
-    cfg.static_dir = Some(dir.path().join("no-static"));
-    cfg.media.workers = 1;
-    let server = start(cfg).await.unwrap();
-    let demo = server.demo.clone().unwrap();
-    let account = |role| demo.account(role).unwrap();
-    let ep = Endpoint::new("localhost", server.addr, Some(&server.cert_der)).unwrap();
+    let (_dir, server, ep) = demo_server(true).await;
     let media = Arc::new(MediaLoop::start("client-test-media3", [127, 0, 0, 1].into()).unwrap());
-    let traffic = Traffic {
-        video_bps: 100_000,
-        fps: 10,
-        audio_pps: 20,
-        ..Traffic::default()
-    };
-    let appt = demo.appointment_id.0;
+    let traffic = light_traffic(100_000);
+    let appt = server.demo.as_ref().unwrap().appointment_id.0;
 
     // One login for the doctor: its token also creates the invite.
-    let d = account(Role::Doctor);
+    let d = creds(&server, Role::Doctor);
     let doctor_token = ep
         .login(&d.username, &d.password, d.totp_secret.as_deref())
         .await
@@ -221,13 +222,7 @@ async fn three_party_guest_joins_and_leaves_keys_ratchet_and_rotate() {
         .await
         .unwrap();
     doctor.start_media(traffic).await.unwrap();
-    let p = account(Role::Patient);
-    let creds = Credentials {
-        username: p.username.clone(),
-        password: p.password.clone(),
-        totp_secret: p.totp_secret.clone(),
-    };
-    let mut patient = Participant::join(&ep, &creds, appt, media.clone())
+    let mut patient = Participant::join(&ep, &creds(&server, Role::Patient), appt, media.clone())
         .await
         .unwrap();
     let (a, w) = tokio::join!(doctor.admit(1), patient.wait_admitted());

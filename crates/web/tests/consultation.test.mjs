@@ -99,6 +99,23 @@ function dumpLogs() {
   }
 }
 
+/** Waits until `who` is back in the call with one peer. */
+async function backInCall(who, what) {
+  return waitFor(async () => {
+    const s = await who.evaluate(() => window.confideTest.state());
+    return s.inCall && s.peers.length === 1 ? s : null;
+  }, { timeout: 30000, what });
+}
+
+/** A new session: new keys, a safety code other than `oldCode`, the same on both sides. */
+async function newEqualSafetyCode(a, b, oldCode) {
+  return waitFor(async () => {
+    const x = await a.locator('#safety-code').getAttribute('data-code');
+    const y = await b.locator('#safety-code').getAttribute('data-code');
+    return x && x === y && x !== oldCode ? x : null;
+  }, { timeout: 30000, what: 'a new, equal safety code on both sides' });
+}
+
 describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () => {
   before(async () => {
     assert.ok(DEMO, 'CONFIDE_DEMO_JSON must name the demo data file');
@@ -339,17 +356,8 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await d.evaluate(() => window.confideTest.dropSignaling());
     await waitFor(async () => (await d.evaluate(() => window.__banners.join('|'))).includes('Reconnecting'),
       { timeout: 10000, what: 'the reconnect banner' });
-    await waitFor(async () => {
-      const s = await d.evaluate(() => window.confideTest.state());
-      return s.inCall && s.peers.length === 1 ? s : null;
-    }, { timeout: 30000, what: 'the doctor back in the call' });
-    // A new session: new keys, a new safety code, the same on both sides.
-    const codes = await waitFor(async () => {
-      const a = await d.locator('#safety-code').getAttribute('data-code');
-      const b = await p.locator('#safety-code').getAttribute('data-code');
-      return a && a === b && a !== oldCode ? a : null;
-    }, { timeout: 30000, what: 'a new, equal safety code on both sides' });
-    assert.ok(codes);
+    await backInCall(d, 'the doctor back in the call');
+    assert.ok(await newEqualSafetyCode(d, p, oldCode));
     for (const [name, x] of [['doctor', d], ['patient', p]]) {
       await waitFor(async () => {
         const s = await inboundStats(x, { lastOnly: true });
@@ -528,16 +536,8 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     } finally {
       cutMedia(null);
     }
-    await waitFor(async () => {
-      const s = await p.evaluate(() => window.confideTest.state());
-      return s.inCall && s.peers.length === 1 ? s : null;
-    }, { timeout: 30000, what: 'the patient back in the call' });
-    const code = await waitFor(async () => {
-      const a = await d.locator('#safety-code').getAttribute('data-code');
-      const b = await p.locator('#safety-code').getAttribute('data-code');
-      return a && a === b && a !== oldCode ? a : null;
-    }, { timeout: 30000, what: 'a new, equal safety code on both sides' });
-    assert.ok(code);
+    await backInCall(p, 'the patient back in the call');
+    assert.ok(await newEqualSafetyCode(d, p, oldCode));
     await decodingAgain('patient', 'video decoding again after the rejoin');
     await decodingAgain('doctor', 'the patient\'s video decoding again after the rejoin');
     assert.equal(await view(p), 'call');
