@@ -17,7 +17,8 @@
 // code computed here), the patient consents and waits, the doctor admits, both decode
 // each other's video, both show the same safety code, a chat message arrives decrypted,
 // the SFU only ever forwarded ciphertext, a third account is refused, the patient's
-// media path is cut (ICE restart, then a full rejoin), the doctor ends.
+// media path is cut (ICE restart, then a full rejoin), a guest invited by the doctor
+// joins and leaves (a group of three), the doctor ends.
 
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -190,12 +191,16 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       }, { timeout: 60000, interval: 1000, what: `${name}: framesDecoded > 100` })
         .catch(async (e) => { throw new Error(`${e.message}; media: ${JSON.stringify(await mediaState(p))}`); });
       const v = await waitFor(async () => {
-        const r = await videoVariance(p, '#remote-video');
+        const r = await videoVariance(p, '#remote-tiles .tile video');
         return r.variance > 20 ? r : null;
       }, { timeout: 15000, what: `${name}: a non-uniform remote picture` });
       assert.ok(v.width > 0 && v.height > 0);
+      // Two parties: one tile, the other side's, with its sound and picture.
+      const tiles = await p.evaluate(() => window.confideTest.tiles());
+      const other = (await p.evaluate(() => window.confideTest.state())).peers;
+      assert.deepEqual(tiles.map((t) => [t.participant, t.kinds]), [[other[0], ['audio', 'video']]]);
       await p.screenshot({ path: path.join(OUT, `${name}-call.png`), fullPage: true });
-      await p.locator('#remote-video').screenshot({ path: path.join(OUT, `${name}-remote-video.png`) });
+      await p.locator('#remote-tiles .tile video').screenshot({ path: path.join(OUT, `${name}-remote-video.png`) });
       const st = await p.evaluate(() => window.confideTest.e2eeStats());
       assert.ok(st.decrypted.video > 100, `${name} decrypted ${st.decrypted.video} video frames`);
       assert.ok(st.sent.video > 100, `${name} encrypted ${st.sent.video} video frames`);
@@ -542,6 +547,119 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await decodingAgain('doctor', 'the patient\'s video decoding again after the rejoin');
     assert.equal(await view(p), 'call');
     assert.equal(await view(d), 'call');
+  });
+
+  test('a guest invited by the doctor joins: a tile per participant, everyone decrypts everyone; the guest leaves: tile gone, keys rotate', async () => {
+    const d = page.doctor;
+    const p = page.patient;
+    // The doctor makes a single-use link in the call view.
+    await d.getByRole('button', { name: 'Create invite link' }).click();
+    const link = await waitFor(async () => (await d.locator('#invite-link').inputValue()) || null,
+      { timeout: 10000, what: 'the invite link' });
+    const m = /^(https:\/\/[^/]+)\/#\/invite\/([A-Za-z0-9_-]{40,})$/.exec(link);
+    assert.ok(m && m[1] === BASE, `invite link ${link}`);
+    const invite = m[2];
+
+    // The guest opens it: the token leaves the address bar at once; terms, then the
+    // pre-call check, then the waiting room.
+    const g = await openAs('guest');
+    await g.goto(`${BASE}/?test=1#/invite/${invite}`);
+    await g.locator('#view-consent').waitFor({ state: 'visible', timeout: 15000 });
+    assert.equal(new URL(g.url()).hash, '#/invite');
+    assert.ok(!g.url().includes(invite), 'the invite token is still in the address bar');
+    await g.getByLabel('I agree to have this consultation by video.').check();
+    await g.getByRole('button', { name: 'Agree and continue' }).click();
+    await g.locator('#view-precall').waitFor({ state: 'visible', timeout: 15000 });
+    await g.getByRole('button', { name: 'Continue' }).click({ timeout: 15000 });
+    await g.locator('#view-waiting').waitFor({ state: 'visible', timeout: 20000 });
+    // The link worked once: redeeming it again is refused.
+    const again = await g.evaluate(async (t) => {
+      const terms = await (await fetch('/api/consent/terms')).json();
+      const r = await fetch('/api/invites/redeem', {
+        method: 'POST', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ invite_token: t, accept_terms_version: terms.version }),
+      });
+      return { status: r.status, code: ((await r.json()).error || {}).code };
+    }, invite);
+    assert.deepEqual(again, { status: 404, code: 'invite_invalid' });
+
+    // The doctor admits the guest.
+    const admit = d.locator('#waiting-list button', { hasText: 'Admit' });
+    await admit.first().waitFor({ timeout: 20000 });
+    await admit.first().click();
+    await g.locator('#view-call').waitFor({ state: 'visible', timeout: 20000 });
+
+    const all = { doctor: d, patient: p, guest: g };
+    const you = {};
+    for (const [name, x] of Object.entries(all)) you[name] = (await x.evaluate(() => window.confideTest.state())).you;
+    for (const [name, x] of Object.entries(all)) {
+      const others = Object.entries(you).filter(([n]) => n !== name).map(([, id]) => id).sort();
+      // Each page: one tile per other participant, with sound and a moving, non-blank
+      // picture, and frames of each of them decrypted by the page's own transform.
+      const tiles = await waitFor(async () => {
+        const s = await x.evaluate(() => window.confideTest.state());
+        if (JSON.stringify([...s.peers].sort()) !== JSON.stringify(others)) return null;
+        const t = await x.evaluate(() => window.confideTest.tiles());
+        const ok = t.length === 2 && others.every((id) => {
+          const tile = t.find((y) => y.participant === id);
+          return tile && tile.kinds.join() === 'audio,video' && tile.frames > 30 && tile.width > 0;
+        });
+        return ok ? t : null;
+      }, { timeout: 60000, interval: 1000, what: `${name}: a playing tile for each of ${others}` })
+        .catch(async (e) => { throw new Error(`${e.message}; media: ${JSON.stringify(await mediaState(x))}`); });
+      for (const id of others) {
+        const v = await waitFor(async () => {
+          const r = await videoVariance(x, `#remote-tiles .tile[data-participant="${id}"] video`);
+          return r.variance > 20 ? r : null;
+        }, { timeout: 15000, what: `${name}: a non-uniform picture from participant ${id}` });
+        assert.ok(v.width > 0);
+      }
+      const st = await waitFor(async () => {
+        const s = await x.evaluate(() => window.confideTest.e2eeStats());
+        return others.every((id) => (s.decrypted_from[id] || 0) > 50) ? s : null;
+      }, { timeout: 30000, what: `${name}: frames of ${others} decrypted` });
+      assert.equal(st.dropped_unencrypted, 0);
+      if (name === 'doctor') {
+        const guestTile = tiles.find((t) => t.participant === you.guest);
+        assert.equal(guestTile.label, 'Guest (guest)');
+      }
+      await x.screenshot({ path: path.join(OUT, `${name}-group-call.png`), fullPage: true });
+    }
+    // Pairwise safety codes: each pair shows the same code for the other.
+    const safety = {};
+    for (const [name, x] of Object.entries(all)) {
+      safety[name] = await waitFor(async () => {
+        const s = (await x.evaluate(() => window.confideTest.state())).safety;
+        return Object.keys(s).length === 2 ? s : null;
+      }, { what: `${name}: two safety codes` });
+    }
+    for (const [a, b] of [['doctor', 'patient'], ['doctor', 'guest'], ['patient', 'guest']]) {
+      assert.equal(safety[a][you[b]], safety[b][you[a]], `${a} and ${b} see different safety codes`);
+    }
+
+    // The guest leaves: their tile goes on both other pages, and both rotate to a new
+    // sender key sealed only to those who remain; media goes on.
+    const kidsBefore = {};
+    for (const name of ['doctor', 'patient']) {
+      kidsBefore[name] = (await page[name].evaluate(() => window.confideTest.samples())).kids;
+    }
+    await g.getByRole('button', { name: 'Leave', exact: true }).click();
+    await g.locator('#view-message[data-kind="left"]').waitFor({ state: 'visible', timeout: 15000 });
+    for (const name of ['doctor', 'patient']) {
+      const x = page[name];
+      await waitFor(async () => {
+        const s = await x.evaluate(() => window.confideTest.state());
+        const t = await x.evaluate(() => window.confideTest.tiles());
+        return s.peers.length === 1 && t.length === 1 && t[0].participant === s.peers[0] ? t : null;
+      }, { timeout: 20000, what: `${name}: only the other's tile left` });
+      await waitFor(async () => {
+        const k = (await x.evaluate(() => window.confideTest.samples())).kids;
+        return k.some((kid) => !kidsBefore[name].includes(kid)) ? k : null;
+      }, { timeout: 20000, what: `${name}: a new sender key after the guest left` });
+    }
+    await decodingAgain('doctor', 'video decoding after the guest left');
+    await decodingAgain('patient', 'video decoding after the guest left');
+    await ctx.guest.close();
   });
 
   test('the doctor ends the consultation; both leave the call view', async () => {

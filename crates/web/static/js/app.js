@@ -1,7 +1,9 @@
 // Entry point: routing between views, login, appointment list, pre-call check and
 // consent. The consultation itself (waiting room, call) lives in call.js.
 //
-// Routes (hash): #/login, #/appointments, #/consultation/<appointment id>.
+// Routes (hash): #/login, #/appointments, #/consultation/<appointment id>,
+// #/invite/<token> (a guest's single-use link; the token is dropped from the address bar
+// at once and kept only in memory until redeemed).
 // Test flag: `?test=1` lets the end-to-end test read plaintext samples from the sender
 // transform (see e2ee-worker.js, collectSample). They never leave the page.
 
@@ -19,6 +21,7 @@ const state = {
   consultation: null,  // the running Consultation
   afterLogin: null,    // route to go back to after logging in
   precall: null,       // cleanup of the pre-call level meter
+  invite: null,        // a guest's invite token, until redeemed
 };
 
 // ------------------------------------------------------------------ routing
@@ -26,6 +29,14 @@ const state = {
 function route() {
   const hash = location.hash || '#/';
   const m = hash.match(/^#\/consultation\/(\d+)$/);
+  const inv = hash.match(/^#\/invite\/([A-Za-z0-9_-]{8,512})$/);
+  if (inv) {
+    // Out of the address bar and the history before anything else happens.
+    state.invite = inv[1];
+    history.replaceState(null, '', `${location.pathname}${location.search}#/invite`);
+    return showInvite();
+  }
+  if (hash === '#/invite' && state.invite) return showInvite();
   if (!token() && hash !== '#/login') {
     state.afterLogin = hash === '#/' ? null : hash;
     location.hash = '#/login';
@@ -376,6 +387,62 @@ async function consentStep() {
     };
     $('consent-back').onclick = () => { stopMedia(); finish(false); go('#/appointments'); };
   });
+}
+
+// ------------------------------------------------------------------ guests
+
+/** A guest opened an invite link: the terms, then redeem (which records the consent and
+ * gives a session for this one consultation), then the usual pre-call check and waiting
+ * room. */
+async function showInvite() {
+  stopMedia();
+  $('who').hidden = true;
+  $('logout').hidden = true;
+  let terms;
+  try {
+    terms = await api.consentTerms();
+  } catch (e) {
+    showMessage('error', 'Something went wrong', e.message, { home: false });
+    return;
+  }
+  const box = $('consent-text');
+  if (terms && terms.text) {
+    box.replaceChildren(...terms.text.split(/\n\s*\n/).map((p) => el('p', { text: p.trim() })));
+  }
+  $('consent-agree').checked = false;
+  setError('consent-error', null);
+  showView('consent');
+  const form = $('consent-form');
+  const finish = () => { form.onsubmit = null; $('consent-back').onclick = null; };
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    if (!$('consent-agree').checked) {
+      setError('consent-error', 'Please tick the box to agree, or go back.');
+      $('consent-agree').focus();
+      return;
+    }
+    try {
+      const res = await api.redeemInvite(state.invite, terms.version);
+      finish();
+      state.invite = null;
+      setToken(res.token);
+      state.me = null;
+      state.appointments = null;
+      go(`#/consultation/${res.consultation}`);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 'invite_invalid') {
+        finish();
+        state.invite = null;
+        showMessage('refused', 'This invite link cannot be used',
+          'It has been used already or it has expired. Ask the clinic for a new link.', { home: false });
+      } else if (err instanceof ApiError && err.status === 429) {
+        setError('consent-error', 'Too many attempts. Wait a minute and try again.');
+      } else {
+        setError('consent-error', err.message);
+      }
+    }
+  };
+  $('consent-back').onclick = () => { finish(); state.invite = null; go('#/login'); };
 }
 
 // ------------------------------------------------------------------ the consultation

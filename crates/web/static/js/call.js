@@ -6,10 +6,16 @@
 // stand-in forwards the other side's offer). Every sender and receiver gets an
 // encoded-frame transform before media flows (e2ee.js); there is no unencrypted path.
 //
+// Group consultations: the SFU sends each other participant's tracks under the stream id
+// `confide-<participant id>`; each participant gets a tile of its own (video and sound),
+// removed when they leave. The doctor can invite guests (interpreter, relative, second
+// clinician) with a single-use link; they wait until admitted like the patient.
+//
 // Keys (design.md "E2EE model"): on entering the call we send our signed key offer to
 // every admitted peer; a newcomer gets it on `participant_joined`. Whoever receives an
 // offer derives the pairwise keys and answers with its sender key sealed under them.
 
+import { api } from './api.js';
 import { E2ee } from './e2ee.js';
 import { Signaling } from './signaling.js';
 import { $, showView, showMessage, banner, el, groupDigits } from './ui.js';
@@ -44,7 +50,7 @@ export class Consultation {
     this.inCall = false;
     this.done = false;
     this.pendingChat = [];       // our own messages awaiting the server's echo
-    this.remoteStream = new MediaStream();
+    this.tiles = new Map();      // participant id -> {fig, video, stream}
     this.timers = [];
     this.lastStats = null;
     this.iceTimer = null;
@@ -121,7 +127,8 @@ export class Consultation {
     this.teardownMedia();
     this.sig.close();
     if (this.e2ee) this.e2ee.terminate();
-    for (const v of ['remote-video', 'local-video', 'waiting-video']) $(v).srcObject = null;
+    for (const v of ['local-video', 'waiting-video']) $(v).srcObject = null;
+    this.clearTiles();
     this.unbindUi();
     if (kind !== 'auth') showMessage(kind, title, body);
     this.onExit(kind);
@@ -267,7 +274,8 @@ export class Consultation {
     $('btn-end').hidden = this.role !== 'doctor';
     $('doctor-panel').hidden = this.role !== 'doctor';
     $('local-video').srcObject = this.media;
-    $('remote-video').srcObject = this.remoteStream;
+    $('invite-result').hidden = true;
+    $('invite-error').hidden = true;
     this.updatePeerLabel();
     this.renderSafety();
     this.setE2eeIndicator('ok');
@@ -277,8 +285,10 @@ export class Consultation {
   updatePeerLabel() {
     const labels = [...this.peers.values()].map((p) => p.label);
     $('call-peer').textContent = labels.length ? `With ${labels.join(', ')}` : 'Waiting for the other participant to join';
-    $('remote-placeholder').hidden = this.peers.size > 0 && this.remoteStream.getVideoTracks().length > 0;
+    const showing = [...this.tiles.values()].some((t) => t.stream.getVideoTracks().length > 0);
+    $('remote-placeholder').hidden = this.peers.size > 0 && showing;
     if (this.peers.size === 0) $('remote-placeholder').textContent = 'Waiting for the other participant…';
+    for (const [id, t] of this.tiles) t.caption.textContent = this.labelOf(id);
   }
 
   async onPeerJoined(p) {
@@ -306,12 +316,11 @@ export class Consultation {
     this.renderSafety();
     this.updatePeerLabel();
     if (p) this.systemChat(`${p.label} left.`);
+    // Their picture and sound go at once, before the SFU's renegotiation arrives.
+    this.removeTile(id);
+    this.updatePeerLabel();
     const { send } = await this.e2ee.call('peerLeft', { participant: id });
     for (const m of send) this.sig.send({ type: 'e2ee', to: m.to, blob: m.blob });
-    if (this.peers.size === 0) {
-      for (const t of this.remoteStream.getTracks()) this.remoteStream.removeTrack(t);
-      $('remote-placeholder').hidden = false;
-    }
   }
 
   async onE2ee(from, blob) {
@@ -346,6 +355,9 @@ export class Consultation {
       box.textContent = codes.map(([id, c]) => `${(this.peers.get(id) || {}).label || id}: ${groupDigits(c)}`).join('\n');
       box.dataset.code = codes.map(([, c]) => String(c).replace(/\s+/g, '')).join(',');
     }
+    $('safety-help').textContent = codes.length > 1
+      ? 'Compare each code aloud with that person. If it is the same on both screens, nobody is listening in. If one differs, end the call.'
+      : 'Compare this code aloud with the other person. If it is the same on both screens, nobody is listening in. If it differs, end the call.';
   }
 
   setE2eeIndicator(state, detail) {
@@ -379,7 +391,7 @@ export class Consultation {
     }
     pc.ontrack = (e) => {
       this.e2ee.attachReceiver(e.receiver, e.track.kind);
-      this.addRemoteTrack(e.track);
+      this.addRemoteTrack(e.track, e.streams[0]);
     };
     // No trickle: offers and answers go out once gathering is complete, with every
     // candidate in the SDP (see `localSdp`). A candidate trickled while we are alone
@@ -394,27 +406,85 @@ export class Consultation {
     this.send({ type: 'media_offer', sdp: await localSdp(pc) });
   }
 
-  /** Show `track` unless a track of its kind that is receiving media is shown already;
-   * a track that starts receiving (unmutes) takes over. With an SFU, answered
-   * transceivers can carry tracks that never receive anything. */
-  addRemoteTrack(track) {
+  /** The participant a remote stream belongs to: the SFU names streams
+   * `confide-<participant id>`. Other streams (the peer-to-peer development mode, or
+   * transceivers our own offer created) belong to the one peer when there is one. */
+  ownerOf(stream) {
+    const m = stream && /^confide-(\d+)$/.exec(stream.id);
+    if (m) return Number(m[1]);
+    return this.peers.size === 1 ? [...this.peers.keys()][0] : null;
+  }
+
+  labelOf(id) {
+    const p = this.peers.get(id);
+    return p ? `${p.label} (${p.role})` : 'Participant';
+  }
+
+  /** The tile of participant `id`, created on first use. */
+  tileFor(id) {
+    let t = this.tiles.get(id);
+    if (t) return t;
+    const video = el('video', { autoplay: true, playsInline: true });
+    const caption = el('figcaption', { text: this.labelOf(id) });
+    const fig = el('figure', { class: 'tile', 'data-participant': String(id) }, video, caption);
+    video.setAttribute('aria-label', `Video of ${this.labelOf(id)}`);
+    const stream = new MediaStream();
+    video.srcObject = stream;
+    t = { fig, video, caption, stream };
+    this.tiles.set(id, t);
+    $('remote-tiles').append(fig);
+    this.layoutTiles();
+    return t;
+  }
+
+  removeTile(id) {
+    const t = this.tiles.get(id);
+    if (!t) return;
+    this.tiles.delete(id);
+    t.video.srcObject = null;
+    t.fig.remove();
+    this.layoutTiles();
+  }
+
+  layoutTiles() {
+    document.querySelector('.stage').classList.toggle('group', this.tiles.size > 1);
+  }
+
+  clearTiles() {
+    for (const id of [...this.tiles.keys()]) this.removeTile(id);
+  }
+
+  /** Show `track` in its participant's tile unless a track of its kind that is receiving
+   * media is shown there already; a track that starts receiving (unmutes) takes over.
+   * With an SFU, answered transceivers can carry tracks that never receive anything. */
+  addRemoteTrack(track, stream) {
     const show = () => {
-      for (const old of this.remoteStream.getTracks()) {
-        if (old.kind === track.kind && old !== track) this.remoteStream.removeTrack(old);
+      const id = this.ownerOf(stream);
+      if (id === null || !this.peers.has(id) || track.readyState !== 'live') return;
+      const t = this.tileFor(id);
+      for (const old of t.stream.getTracks()) {
+        if (old.kind === track.kind && old !== track) t.stream.removeTrack(old);
       }
-      if (!this.remoteStream.getTracks().includes(track)) this.remoteStream.addTrack(track);
+      if (!t.stream.getTracks().includes(track)) t.stream.addTrack(track);
+      t.video.play().catch(() => {});
+      this.updatePeerLabel();
     };
-    const current = this.remoteStream.getTracks().find((t) => t.kind === track.kind);
-    if (!current || current.muted || current.readyState === 'ended') show();
-    track.addEventListener('unmute', () => {
-      if (track.readyState !== 'live' || this.done) return;
+    if (!track.muted) {
       show();
+    } else {
+      const id = this.ownerOf(stream);
+      const t = id === null ? null : this.tiles.get(id);
+      const current = t && t.stream.getTracks().find((x) => x.kind === track.kind);
+      if (id !== null && this.peers.has(id) && (!current || current.muted || current.readyState === 'ended')) show();
+    }
+    track.addEventListener('unmute', () => {
+      if (this.done) return;
+      show();
+    });
+    track.addEventListener('ended', () => {
+      for (const t of this.tiles.values()) t.stream.removeTrack(track);
       this.updatePeerLabel();
     });
-    const v = $('remote-video');
-    if (v.srcObject !== this.remoteStream) v.srcObject = this.remoteStream;
-    v.play().catch(() => {});
-    this.updatePeerLabel();
   }
 
   async onRemoteOffer(sdp) {
@@ -494,7 +564,30 @@ export class Consultation {
       this.pc.close();
       this.pc = null;
     }
-    for (const t of this.remoteStream.getTracks()) this.remoteStream.removeTrack(t);
+    this.clearTiles();
+  }
+
+  // ---------------------------------------------------------------- guests
+
+  /** Doctor: a single-use invite link for this consultation. The token travels in the
+   * URL fragment, which browsers never send to a server, and the guest's page drops it
+   * from the address bar once redeemed. */
+  async createInvite() {
+    const btn = $('invite-create');
+    btn.disabled = true;
+    $('invite-error').hidden = true;
+    try {
+      const res = await api.createInvite(this.appt.id);
+      $('invite-link').value = `${location.origin}${location.pathname}#/invite/${res.invite_token}`;
+      $('invite-expiry').textContent = `Valid until ${new Date(res.expires_at).toLocaleString()}.`;
+      $('invite-result').hidden = false;
+      $('invite-link').select();
+    } catch (e) {
+      $('invite-error').textContent = `The invite could not be created: ${e.message}`;
+      $('invite-error').hidden = false;
+    } finally {
+      btn.disabled = false;
+    }
   }
 
   // ---------------------------------------------------------------- chat
@@ -580,6 +673,12 @@ export class Consultation {
         if (window.confirm('End the consultation for everyone?')) this.endForEveryone();
       },
       waitingLeave: () => this.leave(),
+      invite: () => this.createInvite().catch((err) => this.onHandlerError(err)),
+      copyInvite: () => {
+        const input = $('invite-link');
+        input.select();
+        if (navigator.clipboard) navigator.clipboard.writeText(input.value).catch(() => {});
+      },
       chat: (e) => {
         e.preventDefault();
         const input = $('chat-input');
@@ -594,6 +693,8 @@ export class Consultation {
     $('btn-end').addEventListener('click', this.handlers.end);
     $('waiting-leave').addEventListener('click', this.handlers.waitingLeave);
     $('chat-form').addEventListener('submit', this.handlers.chat);
+    $('invite-create').addEventListener('click', this.handlers.invite);
+    $('invite-copy').addEventListener('click', this.handlers.copyInvite);
     $('chat-log').replaceChildren();
     $('safety-code').textContent = '—';
     for (const [id, label] of [['btn-mic', 'Mute microphone'], ['btn-cam', 'Turn camera off']]) {
@@ -610,6 +711,8 @@ export class Consultation {
     $('btn-end').removeEventListener('click', this.handlers.end);
     $('waiting-leave').removeEventListener('click', this.handlers.waitingLeave);
     $('chat-form').removeEventListener('submit', this.handlers.chat);
+    $('invite-create').removeEventListener('click', this.handlers.invite);
+    $('invite-copy').removeEventListener('click', this.handlers.copyInvite);
   }
 
   /** Mute/unmute our track of `kind`; returns true when now off. Muted tracks still
@@ -635,6 +738,13 @@ export class Consultation {
         safety: Object.fromEntries(this.safety), done: this.done,
       }),
       e2eeStats: () => this.e2ee.call('stats'),
+      tiles: () => [...this.tiles.entries()].map(([id, t]) => ({
+        participant: id,
+        label: t.caption.textContent,
+        kinds: t.stream.getTracks().filter((x) => x.readyState === 'live').map((x) => x.kind).sort(),
+        frames: t.video.getVideoPlaybackQuality ? t.video.getVideoPlaybackQuality().totalVideoFrames : 0,
+        width: t.video.videoWidth,
+      })),
       dropSignaling: () => this.sig.drop(),
       samples: () => this.e2ee.call('testSamples'),
       inboundStats: async () => {

@@ -33,6 +33,7 @@ const stats = {
   sent: { audio: 0, video: 0 },
   dropped_unencrypted: 0,
   decrypted: { audio: 0, video: 0 },
+  decrypted_from: {},  // participant id -> frames of theirs opened (group consultations)
   failed: { audio: 0, video: 0 },
   passthrough_empty: 0,
   keyframe_requests: 0,
@@ -325,7 +326,7 @@ function decryptFrame(kind, frame, controller, transformer) {
     return;
   }
   const codec = codecOf(frame, kind);
-  for (const p of peers.values()) {
+  for (const [id, p] of peers) {
     if (!p.keyed) continue;
     let plain;
     try {
@@ -335,6 +336,7 @@ function decryptFrame(kind, frame, controller, transformer) {
     }
     frame.data = plain.buffer;
     stats.decrypted[kind]++;
+    stats.decrypted_from[id] = (stats.decrypted_from[id] || 0) + 1;
     // The first frame under a new key: ask the sender for a keyframe so the picture
     // does not wait for the next periodic one.
     if (p.decryptor.lastFrameStartedNewKey && kind === 'video' && transformer &&
