@@ -75,7 +75,7 @@ mod tap;
 
 use std::fmt;
 
-pub use crate::core::{CoreConfig, SfuCore, Transmit};
+pub use crate::core::{CoreConfig, MAX_PARTICIPANTS, SfuCore, Transmit};
 pub use crate::edge::{Sfu, SfuConfig, SfuHandle};
 pub use crate::stats::{
     DropReason, FORWARD_LATENCY_BUCKETS_US, ForwardLatency, MediaKind, SfuStats, WorkerStats,

@@ -246,6 +246,7 @@ pub enum ErrorCode {
     AlreadyJoined,
     OutsideWindow,
     ConsultationEnded,
+    ConsultationFull,
     ConsentRequired,
     UnknownParticipant,
     RateLimited,
@@ -272,6 +273,7 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => "already_joined",
             ErrorCode::OutsideWindow => "outside_window",
             ErrorCode::ConsultationEnded => "consultation_ended",
+            ErrorCode::ConsultationFull => "consultation_full",
             ErrorCode::ConsentRequired => "consent_required",
             ErrorCode::UnknownParticipant => "unknown_participant",
             ErrorCode::RateLimited => "rate_limited",
@@ -298,6 +300,9 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => "this connection already joined a consultation",
             ErrorCode::OutsideWindow => "the consultation is not open at this time",
             ErrorCode::ConsultationEnded => "the consultation has ended",
+            ErrorCode::ConsultationFull => {
+                "the consultation is full (8 participants); someone must leave first"
+            }
             ErrorCode::ConsentRequired => "accept the telehealth terms before joining",
             ErrorCode::UnknownParticipant => "no such participant",
             ErrorCode::RateLimited => "too many messages; slow down",

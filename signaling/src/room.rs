@@ -71,6 +71,8 @@ pub enum RoomError {
     NotAdmitted,
     #[error("not a member")]
     NotMember,
+    #[error("the consultation is full")]
+    Full,
 }
 
 impl RoomError {
@@ -82,6 +84,7 @@ impl RoomError {
             RoomError::UnknownParticipant => ErrorCode::UnknownParticipant,
             RoomError::NotAdmitted => ErrorCode::NotAdmitted,
             RoomError::NotMember => ErrorCode::NotInConsultation,
+            RoomError::Full => ErrorCode::ConsultationFull,
         }
     }
 }
@@ -103,6 +106,11 @@ pub enum JoinOutcome {
 /// moving between networks drops its WebSocket; sending the patient back to the
 /// waiting room mid-consultation would make the doctor admit them again and again.
 pub const REJOIN_GRACE_S: i64 = 60;
+
+/// Admitted participants at most, the doctor included: the SFU's room size
+/// (`confide_sfu::MAX_PARTICIPANTS`; the server checks at compile time that they agree).
+/// One place is always the doctor's, so a full room never locks its own doctor out.
+pub const MAX_ADMITTED: usize = 8;
 
 #[derive(Debug)]
 pub struct Consultation {
@@ -206,6 +214,16 @@ impl Consultation {
         }
     }
 
+    /// Whether one more participant other than the doctor may be admitted.
+    fn has_room_for_another(&self) -> bool {
+        let others = self
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Admitted && m.info.role != Role::Doctor)
+            .count();
+        others < MAX_ADMITTED - 1
+    }
+
     fn media_mid(&self, who: ParticipantId) -> MediaParticipantId {
         MediaParticipantId(who.0)
     }
@@ -248,16 +266,18 @@ impl Consultation {
         }
         let id = joiner.id;
         let is_doctor = joiner.role == Role::Doctor;
+        // Readmission without the doctor only while there is room; otherwise the
+        // returning participant waits like anyone else.
         let readmit = match self
             .rejoin
             .iter()
             .position(|(p, until)| *p == joiner.principal && now <= *until)
         {
-            Some(i) => {
+            Some(i) if self.has_room_for_another() => {
                 self.rejoin.swap_remove(i);
                 true
             }
-            None => false,
+            _ => false,
         };
         self.members.insert(
             id,
@@ -339,6 +359,9 @@ impl Consultation {
         target: ParticipantId,
     ) -> Result<Role, RoomError> {
         self.check_decision(now, by, target)?;
+        if !self.has_room_for_another() {
+            return Err(RoomError::Full);
+        }
         self.admit_waiting(target);
         Ok(self.role_of(target).unwrap_or(Role::Guest))
     }
@@ -884,5 +907,65 @@ mod tests {
             .unwrap();
         r.handle_end(ParticipantId(1)).unwrap();
         assert_eq!(r.handle_join(T0, rejoiner(3, 2)), Err(RoomError::Ended));
+    }
+
+    /// Doctor, patient and guests 10.. admitted until the room holds `MAX_ADMITTED`.
+    fn full_room() -> Consultation {
+        let mut r = admitted_pair();
+        for g in 10..10 + (MAX_ADMITTED as u64 - 2) {
+            r.handle_join(T0, joiner(g, Role::Guest)).unwrap();
+            r.handle_admit(T0, ParticipantId(1), ParticipantId(g))
+                .unwrap();
+        }
+        drain(&mut r);
+        assert_eq!(r.count(MemberState::Admitted), MAX_ADMITTED);
+        r
+    }
+
+    #[test]
+    fn a_full_consultation_refuses_another_admission_until_someone_leaves() {
+        let mut r = full_room();
+        r.handle_join(T0, joiner(30, Role::Guest)).unwrap();
+        drain(&mut r);
+        assert_eq!(
+            r.handle_admit(T0, ParticipantId(1), ParticipantId(30)),
+            Err(RoomError::Full)
+        );
+        assert_eq!(RoomError::Full.code(), ErrorCode::ConsultationFull);
+        // Refused, not lost: still waiting, nothing went to the media plane.
+        assert_eq!(r.state_of(ParticipantId(30)), Some(MemberState::Waiting));
+        assert!(drain(&mut r).is_empty());
+
+        r.handle_leave(T0, ParticipantId(10), LeaveReason::Left)
+            .unwrap();
+        drain(&mut r);
+        assert_eq!(
+            r.handle_admit(T0, ParticipantId(1), ParticipantId(30)),
+            Ok(Role::Guest)
+        );
+        assert_eq!(r.count(MemberState::Admitted), MAX_ADMITTED);
+    }
+
+    #[test]
+    fn a_full_consultation_keeps_the_doctors_place_and_sends_rejoiners_to_wait() {
+        let mut r = full_room();
+        // The patient's connection drops and a guest takes the place.
+        r.handle_leave(T0, ParticipantId(2), LeaveReason::Disconnected)
+            .unwrap();
+        r.handle_join(T0, joiner(30, Role::Guest)).unwrap();
+        r.handle_admit(T0, ParticipantId(1), ParticipantId(30))
+            .unwrap();
+        drain(&mut r);
+        // Within the grace, but the room is full: the patient waits for the doctor.
+        assert_eq!(r.handle_join(T0, rejoiner(3, 2)), Ok(JoinOutcome::Waiting));
+        // The doctor's connection drops; the doctor always gets back in.
+        r.handle_leave(T0, ParticipantId(1), LeaveReason::Disconnected)
+            .unwrap();
+        drain(&mut r);
+        assert_eq!(
+            r.handle_join(T0, joiner(4, Role::Doctor)),
+            Ok(JoinOutcome::Joined)
+        );
+        assert_eq!(r.count(MemberState::Admitted), MAX_ADMITTED);
     }
 }

@@ -27,6 +27,10 @@ use crate::Config;
 /// Bound of the media event channel (events are small and drained by one task).
 const EVENT_QUEUE: usize = 1024;
 
+// Signaling admits no more participants than an SFU room holds: otherwise the last one
+// admitted would sit in the call without media.
+const _: () = assert!(confide_signaling::room::MAX_ADMITTED == confide_sfu::MAX_PARTICIPANTS);
+
 /// Which media plane the server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MediaMode {

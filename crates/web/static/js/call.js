@@ -204,6 +204,10 @@ export class Consultation {
       // side's offer follows and we answer it.
       return;
     }
+    if (msg.code === 'consultation_full') {
+      banner('The consultation is full: 8 people are in it. Someone has to leave before you can admit another.');
+      return;
+    }
     if (msg.code === 'consultation_ended') {
       this.exit('ended', 'The consultation has ended', 'The consultation is over.');
       return;
