@@ -360,6 +360,21 @@ async function consentStep() {
     showMessage('error', 'Something went wrong', e.message);
     return false;
   }
+  return askConsent(terms, async () => {
+    try {
+      await api.acceptConsent(terms.version || status.current_version);
+      return true;
+    } catch (err) {
+      if (authFailed(err)) return false;
+      throw err;
+    }
+  }, () => { stopMedia(); go('#/appointments'); });
+}
+
+/** Shows the terms and the agree box. Once ticked and submitted, `agree()` records the
+ * agreement: it resolves true (done) or false (it has shown something else), and what
+ * it throws is shown on the form. Resolves false when the person goes back (`back()`). */
+function askConsent(terms, agree, back) {
   return new Promise((resolve) => {
     const box = $('consent-text');
     if (terms && terms.text) {
@@ -378,14 +393,12 @@ async function consentStep() {
         return;
       }
       try {
-        await api.acceptConsent(terms.version || status.current_version);
-        finish(true);
+        finish(await agree());
       } catch (err) {
-        if (authFailed(err)) { finish(false); return; }
         setError('consent-error', err.message);
       }
     };
-    $('consent-back').onclick = () => { stopMedia(); finish(false); go('#/appointments'); };
+    $('consent-back').onclick = () => { finish(false); back(); };
   });
 }
 
@@ -405,44 +418,26 @@ async function showInvite() {
     showMessage('error', 'Something went wrong', e.message, { home: false });
     return;
   }
-  const box = $('consent-text');
-  if (terms && terms.text) {
-    box.replaceChildren(...terms.text.split(/\n\s*\n/).map((p) => el('p', { text: p.trim() })));
-  }
-  $('consent-agree').checked = false;
-  setError('consent-error', null);
-  showView('consent');
-  const form = $('consent-form');
-  const finish = () => { form.onsubmit = null; $('consent-back').onclick = null; };
-  form.onsubmit = async (e) => {
-    e.preventDefault();
-    if (!$('consent-agree').checked) {
-      setError('consent-error', 'Please tick the box to agree, or go back.');
-      $('consent-agree').focus();
-      return;
-    }
+  await askConsent(terms, async () => {
     try {
       const res = await api.redeemInvite(state.invite, terms.version);
-      finish();
       state.invite = null;
       setToken(res.token);
       state.me = null;
       state.appointments = null;
       go(`#/consultation/${res.consultation}`);
+      return true;
     } catch (err) {
       if (err instanceof ApiError && err.code === 'invite_invalid') {
-        finish();
         state.invite = null;
         showMessage('refused', 'This invite link cannot be used',
           'It has been used already or it has expired. Ask the clinic for a new link.', { home: false });
-      } else if (err instanceof ApiError && err.status === 429) {
-        setError('consent-error', 'Too many attempts. Wait a minute and try again.');
-      } else {
-        setError('consent-error', err.message);
+        return false;
       }
+      if (err instanceof ApiError && err.status === 429) throw new Error('Too many attempts. Wait a minute and try again.');
+      throw err;
     }
-  };
-  $('consent-back').onclick = () => { finish(); state.invite = null; go('#/login'); };
+  }, () => { state.invite = null; go('#/login'); });
 }
 
 // ------------------------------------------------------------------ the consultation
