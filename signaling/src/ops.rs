@@ -1,8 +1,10 @@
 //! Administrative operations shared by the REST API and the CLI: creating
-//! accounts (with sealed personal data) and seeding the demo clinic.
+//! accounts (with sealed personal data), seeding the demo clinic, and making the
+//! load-test accounts `confide-bench` uses.
 
+use rand::Rng as _;
 use rand::rngs::OsRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{TotpSecret, hash_password};
 use crate::crypto::{Keyring, ctx};
@@ -116,6 +118,104 @@ impl DemoInfo {
     pub fn account(&self, role: Role) -> Option<&DemoAccount> {
         self.accounts.iter().find(|a| a.role == role)
     }
+}
+
+/// One load-test account: what a client needs to log in, and the account id a staff
+/// member books appointments with. Contains a password and a TOTP secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchAccount {
+    pub username: String,
+    pub password: String,
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp_secret: Option<String>,
+}
+
+/// A doctor and a patient (who has consented) for one load-test consultation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchPair {
+    pub doctor: BenchAccount,
+    pub patient: BenchAccount,
+}
+
+/// What `confide admin bench-accounts` prints and `confide-bench --people` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchPeople {
+    /// Books the appointments.
+    pub staff: BenchAccount,
+    pub pairs: Vec<BenchPair>,
+}
+
+/// Creates one load-test account with a random password; roles that need a second
+/// factor get a TOTP secret at once, patients a consent to `terms_version`.
+pub async fn create_bench_account(
+    store: &dyn Store,
+    keyring: &Keyring,
+    username: String,
+    role: Role,
+    terms_version: &str,
+) -> Result<BenchAccount, OpsError> {
+    let password: String = OsRng
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    let id = create_account(
+        store,
+        keyring,
+        AccountSpec {
+            display_name: format!("Load test {}", role.as_str()),
+            username: username.clone(),
+            role,
+            password: password.clone(),
+            contact: None,
+        },
+    )
+    .await?;
+    let totp_secret = if role.requires_mfa() {
+        let s = TotpSecret::generate(&mut OsRng);
+        enable_totp_directly(store, keyring, id, &s).await?;
+        Some(s.base32())
+    } else {
+        store
+            .record_consent(&id.to_string(), terms_version, crate::http::now())
+            .await?;
+        None
+    };
+    Ok(BenchAccount {
+        username,
+        password,
+        id: id.0,
+        totp_secret,
+    })
+}
+
+/// `n` doctor/patient pairs named `{prefix}-doctor-{i}` and `{prefix}-patient-{i}` for
+/// `i` in `first..first + n`.
+pub async fn create_bench_pairs(
+    store: &dyn Store,
+    keyring: &Keyring,
+    prefix: &str,
+    first: usize,
+    n: usize,
+    terms_version: &str,
+) -> Result<Vec<BenchPair>, OpsError> {
+    let mut out = Vec::with_capacity(n);
+    for i in first..first + n {
+        let make = |role: Role| {
+            create_bench_account(
+                store,
+                keyring,
+                format!("{prefix}-{}-{i}", role.as_str()),
+                role,
+                terms_version,
+            )
+        };
+        let doctor = make(Role::Doctor).await?;
+        let patient = make(Role::Patient).await?;
+        out.push(BenchPair { doctor, patient });
+    }
+    Ok(out)
 }
 
 /// Seed (or re-use) the demo accounts and book a fresh appointment that starts now.

@@ -126,10 +126,19 @@ pub struct Options {
     /// Run only the baseline (no SFU).
     #[arg(long)]
     pub baseline_only: bool,
-    /// Target a running server instead of starting one (not supported yet: account
-    /// creation needs the in-process store).
-    #[arg(long)]
+    /// Target a running server (`https://host:port`) instead of starting one. Needs
+    /// `--people`; the forwarder's own CPU figures are then the server's to read (its
+    /// `/metrics`), this harness reports what the clients see.
+    #[arg(long, requires = "people")]
     pub target: Option<String>,
+    /// With `--target`: the accounts to use, as printed by
+    /// `confide admin bench-accounts --pairs N` on the server.
+    #[arg(long)]
+    pub people: Option<std::path::PathBuf>,
+    /// With `--target`: trust this certificate (PEM; a self-signed server's `cert.pem`)
+    /// instead of the public roots.
+    #[arg(long)]
+    pub target_cert: Option<std::path::PathBuf>,
     /// Print one JSON document on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -244,8 +253,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(b == "raw-relay", "--baseline: only raw-relay is known");
     }
     anyhow::ensure!(
-        opts.target.is_none(),
-        "--target is not supported yet: the harness creates its accounts through the in-process store"
+        opts.target.is_none() || (opts.baseline.is_none() && !opts.baseline_only),
+        "--target with --baseline: the raw relay runs on this machine, the server elsewhere, \
+         so their figures do not compare; run the baseline on the server's machine"
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -269,6 +279,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let mut target = if opts.baseline_only {
             None
+        } else if let Some(url) = &opts.target {
+            Some(sfu_run::Target::remote(url, &opts).await?)
         } else {
             Some(sfu_run::Target::start_local(opts.workers, !opts.no_bwe).await?)
         };

@@ -63,6 +63,10 @@ pub struct RunResult {
     pub replayed: u64,
     /// Loss <= 1 % and p99 latency <= 50 ms.
     pub healthy: bool,
+    /// A server this harness did not start (`--target`): packet rates are the frames the
+    /// clients sent and received, and the forwarder's CPU is the server's to report.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// One ramp step.
@@ -157,7 +161,7 @@ pub fn table(r: &Report) -> String {
                 f(x.pps_out),
                 x.mbps_out,
                 x.forwarder_cpu_cores,
-                f(x.pps_out_per_core),
+                if x.remote { "-".to_string() } else { f(x.pps_out_per_core) },
                 x.latency_ms.p50,
                 x.latency_ms.p95,
                 x.latency_ms.p99,
@@ -166,6 +170,9 @@ pub fn table(r: &Report) -> String {
                 x.setup_ms.map_or("-".into(), |q| format!("{:.0}", q.p50)),
                 x.rss_mb,
             ));
+        }
+        if r.runs.iter().any(|x| x.remote) {
+            s.push_str("\nremote server (--target): pps are frames seen by the clients; the forwarder's CPU is on the server (its /metrics).\n");
         }
         for x in &r.runs {
             s.push_str(&format!(

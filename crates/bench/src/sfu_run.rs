@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use confide_client::{Credentials, Endpoint, LoopStats, MediaLoop, Participant, SlotId, Traffic};
-use confide_server::confide_signaling::auth::TotpSecret;
 use confide_server::confide_signaling::http::now;
 use confide_server::confide_signaling::model::Role;
 use confide_server::confide_signaling::ops;
@@ -63,6 +62,70 @@ impl Target {
         })
     }
 
+    /// A server running elsewhere (`https://host:port`), with the accounts of
+    /// `opts.people` (made there by `confide admin bench-accounts`).
+    pub async fn remote(url: &str, opts: &Options) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("https://")
+            .context("--target: https://host:port")?
+            .trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .context("--target: https://host:port")?;
+        let port: u16 = port.parse().context("--target: the port")?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        // IPv4 first: `localhost` often resolves to ::1 first, and a server bound to
+        // 127.0.0.1 is not there.
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .with_context(|| format!("{host} has no address"))?;
+        let path = opts.people.as_ref().context("--target needs --people")?;
+        let people: ops::BenchPeople = serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .context("--people: the JSON `confide admin bench-accounts` prints")?;
+        let cert_der = match &opts.target_cert {
+            Some(p) => {
+                use rustls_pki_types::pem::PemObject as _;
+                let c = rustls_pki_types::CertificateDer::from_pem_file(p)
+                    .with_context(|| format!("--target-cert {}: a PEM certificate", p.display()))?;
+                Some(c.as_ref().to_vec())
+            }
+            None => None,
+        };
+        Ok(Target {
+            addr,
+            host,
+            cert_der,
+            staff: creds(&people.staff),
+            local: None,
+            people: people
+                .pairs
+                .iter()
+                .map(|p| {
+                    (
+                        creds(&p.doctor),
+                        p.doctor.id,
+                        creds(&p.patient),
+                        p.patient.id,
+                    )
+                })
+                .collect(),
+            tokens: std::collections::HashMap::new(),
+            next_source: 0,
+        })
+    }
+
     pub fn sfu(&self) -> Option<&confide_sfu::SfuHandle> {
         self.local.as_ref().and_then(|(r, _)| r.sfu.as_ref())
     }
@@ -88,7 +151,9 @@ impl Target {
         let Some((running, _)) = &self.local else {
             anyhow::ensure!(
                 n <= self.people.len(),
-                "--target needs accounts; not supported yet"
+                "--people has {} doctor/patient pairs; {n} consultations need {n} \
+                 (confide admin bench-accounts --pairs {n})",
+                self.people.len()
             );
             return Ok(());
         };
@@ -98,49 +163,35 @@ impl Target {
             .as_ref()
             .map(|d| d.terms_version.clone())
             .unwrap_or_default();
-        while self.people.len() < n {
-            let i = self.people.len();
-            let mut made = Vec::new();
-            for role in [Role::Doctor, Role::Patient] {
-                let username = format!("bench-{}-{i}", role.as_str());
-                let password = format!("bench password {i} {}", role.as_str());
-                let id = ops::create_account(
-                    state.store.as_ref(),
-                    &state.keyring,
-                    ops::AccountSpec {
-                        username: username.clone(),
-                        role,
-                        password: password.clone(),
-                        display_name: format!("Bench {} {i}", role.as_str()),
-                        contact: None,
-                    },
+        if self.people.len() < n {
+            let first = self.people.len();
+            let made = ops::create_bench_pairs(
+                state.store.as_ref(),
+                &state.keyring,
+                "bench",
+                first,
+                n - first,
+                &terms,
+            )
+            .await?;
+            self.people.extend(made.iter().map(|p| {
+                (
+                    creds(&p.doctor),
+                    p.doctor.id,
+                    creds(&p.patient),
+                    p.patient.id,
                 )
-                .await?;
-                let totp = if role.requires_mfa() {
-                    let s = TotpSecret::generate(&mut rand::rngs::OsRng);
-                    ops::enable_totp_directly(state.store.as_ref(), &state.keyring, id, &s).await?;
-                    Some(s.base32())
-                } else {
-                    state
-                        .store
-                        .record_consent(&id.to_string(), &terms, now())
-                        .await?;
-                    None
-                };
-                made.push((
-                    Credentials {
-                        username,
-                        password,
-                        totp_secret: totp,
-                    },
-                    id.0,
-                ));
-            }
-            let (p, pid) = made.pop().context("patient")?;
-            let (d, did) = made.pop().context("doctor")?;
-            self.people.push((d, did, p, pid));
+            }));
         }
         Ok(())
+    }
+}
+
+fn creds(a: &ops::BenchAccount) -> Credentials {
+    Credentials {
+        username: a.username.clone(),
+        password: a.password.clone(),
+        totp_secret: a.totp_secret.clone(),
     }
 }
 
@@ -496,6 +547,7 @@ pub async fn run(
         rss_mb: sys::rss_bytes() as f64 / 1e6,
         open_failures: ls.open_failures,
         replayed: ls.replayed,
+        remote: target.local.is_none(),
         ..Default::default()
     };
     if let (Some(a), Some(h)) = (&sfu0, target.sfu()) {

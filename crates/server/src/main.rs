@@ -182,6 +182,18 @@ enum AdminCmd {
     },
     /// Make a new data key and re-seal every sealed value under it.
     RotateDataKey,
+    /// Make load-test accounts for `confide-bench --target` and print them as JSON (for
+    /// `--people`): one staff member who books, and doctor/patient pairs (doctors with
+    /// TOTP, patients with consent). For staging servers only: the output holds their
+    /// passwords and TOTP secrets; disable the accounts after the test.
+    BenchAccounts {
+        /// Doctor/patient pairs, one per consultation the bench runs at once.
+        #[arg(long)]
+        pairs: usize,
+        /// Usernames are `<prefix>-staff`, `<prefix>-doctor-<i>`, `<prefix>-patient-<i>`.
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+    },
     /// Print recent audit events as JSON lines.
     Audit {
         #[arg(long, default_value_t = 100)]
@@ -372,6 +384,34 @@ async fn admin(cfg: Config, cmd: AdminCmd) -> anyhow::Result<()> {
                 .record_audit(cli_event(AuditAction::KeyRotated, format!("data-key:{id}")))
                 .await?;
             println!("data key {id} is active; every sealed value was re-sealed");
+        }
+        AdminCmd::BenchAccounts { pairs, prefix } => {
+            anyhow::ensure!((1..=10_000).contains(&pairs), "--pairs: 1 to 10000");
+            let terms = &cfg.settings.terms_version;
+            let staff = ops::create_bench_account(
+                store.as_ref(),
+                &keyring,
+                format!("{prefix}-staff"),
+                Role::Staff,
+                terms,
+            )
+            .await
+            .context("creating the staff account (is --prefix already used?)")?;
+            let pairs = ops::create_bench_pairs(store.as_ref(), &keyring, &prefix, 0, pairs, terms)
+                .await
+                .context("creating the doctor/patient pairs")?;
+            let ids = std::iter::once(staff.id)
+                .chain(pairs.iter().flat_map(|p| [p.doctor.id, p.patient.id]));
+            for id in ids {
+                store
+                    .record_audit(cli_event(
+                        AuditAction::AccountCreated,
+                        format!("account:{id}"),
+                    ))
+                    .await?;
+            }
+            let people = ops::BenchPeople { staff, pairs };
+            println!("{}", serde_json::to_string_pretty(&people)?);
         }
         AdminCmd::Audit { limit, action } => {
             let action = match action {

@@ -125,3 +125,49 @@ async fn verify_export_check_report_and_tampering() {
     let err = fails(&confide(d, &["audit", "verify"]));
     assert!(err.contains("entry 2 no longer matches"), "{err}");
 }
+
+/// `confide admin bench-accounts`: load-test accounts as the JSON `confide-bench
+/// --people` reads (the bench's own test runs it against a server), each creation
+/// audited, and a second run with the same prefix refused instead of half-done.
+#[tokio::test]
+async fn bench_accounts_are_printed_for_the_harness_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = ok(&confide(
+        d,
+        &["admin", "bench-accounts", "--pairs", "2", "--prefix", "lt"],
+    ));
+    let people: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(people["staff"]["username"], "lt-staff");
+    assert!(people["staff"]["totp_secret"].is_string());
+    let pairs = people["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2);
+    let mut passwords = std::collections::HashSet::new();
+    for (i, p) in pairs.iter().enumerate() {
+        assert_eq!(p["doctor"]["username"], format!("lt-doctor-{i}"));
+        assert!(
+            p["doctor"]["totp_secret"].is_string(),
+            "doctors log in with TOTP"
+        );
+        assert!(p["patient"]["totp_secret"].is_null());
+        for who in ["doctor", "patient"] {
+            let pw = p[who]["password"].as_str().unwrap();
+            assert_eq!(pw.len(), 24);
+            assert!(passwords.insert(pw.to_string()), "a password repeats");
+            assert!(p[who]["id"].as_i64().unwrap() > 0);
+        }
+    }
+    let events = ok(&confide(
+        d,
+        &["admin", "audit", "--action", "account_created"],
+    ));
+    assert_eq!(events.lines().count(), 5, "{events}");
+
+    let err = fails(&confide(
+        d,
+        &["admin", "bench-accounts", "--pairs", "1", "--prefix", "lt"],
+    ));
+    assert!(err.contains("--prefix"), "{err}");
+    let err = fails(&confide(d, &["admin", "bench-accounts", "--pairs", "0"]));
+    assert!(err.contains("--pairs"), "{err}");
+}
