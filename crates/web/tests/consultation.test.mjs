@@ -582,6 +582,15 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       return { status: r.status, code: ((await r.json()).error || {}).code };
     }, invite);
     assert.deepEqual(again, { status: 404, code: 'invite_invalid' });
+    // Opened again in a browser, the used link gets a clear page, not a half-joined call.
+    const g2 = await ctx.guest.newPage();
+    await g2.goto(`${BASE}/?test=1#/invite/${invite}`);
+    await g2.getByLabel('I agree to have this consultation by video.').check();
+    await g2.getByRole('button', { name: 'Agree and continue' }).click();
+    await g2.locator('#view-message[data-kind="refused"]').waitFor({ state: 'visible', timeout: 15000 });
+    assert.match(await g2.locator('#message-title').innerText(), /invite link cannot be used/i);
+    assert.deepEqual(await g2.evaluate(() => ({ pcs: window.__test.pcs.length, gum: window.__test.gum })), { pcs: 0, gum: 0 });
+    await g2.close();
 
     // The doctor admits the guest.
     const admit = d.locator('#waiting-list button', { hasText: 'Admit' });
