@@ -109,18 +109,7 @@ impl Target {
             cert_der,
             staff: creds(&people.staff),
             local: None,
-            people: people
-                .pairs
-                .iter()
-                .map(|p| {
-                    (
-                        creds(&p.doctor),
-                        p.doctor.id,
-                        creds(&p.patient),
-                        p.patient.id,
-                    )
-                })
-                .collect(),
+            people: people.pairs.iter().map(pair).collect(),
             tokens: std::collections::HashMap::new(),
             next_source: 0,
         })
@@ -174,17 +163,20 @@ impl Target {
                 &terms,
             )
             .await?;
-            self.people.extend(made.iter().map(|p| {
-                (
-                    creds(&p.doctor),
-                    p.doctor.id,
-                    creds(&p.patient),
-                    p.patient.id,
-                )
-            }));
+            self.people.extend(made.iter().map(pair));
         }
         Ok(())
     }
+}
+
+/// A doctor/patient pair as the harness keeps it: credentials and account ids.
+fn pair(p: &ops::BenchPair) -> (Credentials, i64, Credentials, i64) {
+    (
+        creds(&p.doctor),
+        p.doctor.id,
+        creds(&p.patient),
+        p.patient.id,
+    )
 }
 
 fn creds(a: &ops::BenchAccount) -> Credentials {
