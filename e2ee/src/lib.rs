@@ -106,6 +106,7 @@ extern crate std;
 
 mod error;
 pub mod fuzzing;
+pub mod group_media;
 mod header;
 mod identity;
 mod media;
@@ -118,6 +119,9 @@ pub mod sframe;
 mod suite;
 
 pub use error::{Error, Result};
+pub use group_media::{
+    EpochSecret, GroupFrameDecryptor, GroupFrameEncryptor, GroupFrameInfo, group_kid,
+};
 pub use header::{MAX_HEADER_LEN, SframeHeader};
 pub use identity::{IdentityKeyPair, IdentityPublicKey};
 pub use media::{

@@ -36,7 +36,7 @@ pub const MAX_RATCHET_AHEAD: u64 = 16;
 /// Width of the replay window in frames (CTR values), per key.
 pub const REPLAY_WINDOW: u64 = 128;
 
-const MAX_AAD: usize = MAX_HEADER_LEN + MAX_CLEAR_PREFIX;
+pub(crate) const MAX_AAD: usize = MAX_HEADER_LEN + MAX_CLEAR_PREFIX;
 
 /// The media codec of a track: decides the clear prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,7 +80,7 @@ impl Codec {
     }
 }
 
-fn build_aad<'a>(buf: &'a mut [u8; MAX_AAD], header: &[u8], prefix: &[u8]) -> &'a [u8] {
+pub(crate) fn build_aad<'a>(buf: &'a mut [u8; MAX_AAD], header: &[u8], prefix: &[u8]) -> &'a [u8] {
     buf[..header.len()].copy_from_slice(header);
     buf[header.len()..header.len() + prefix.len()].copy_from_slice(prefix);
     &buf[..header.len() + prefix.len()]
@@ -225,7 +225,7 @@ pub struct FrameInfo {
 
 /// Sliding replay window over CTR values (RFC 3711 3.3.2 style).
 #[derive(Clone, Copy, Default)]
-struct ReplayWindow {
+pub(crate) struct ReplayWindow {
     seen_any: bool,
     top: u64,
     /// Bit i set: `top - i` was accepted.
@@ -233,7 +233,7 @@ struct ReplayWindow {
 }
 
 impl ReplayWindow {
-    fn check(&self, ctr: u64) -> bool {
+    pub(crate) fn check(&self, ctr: u64) -> bool {
         if !self.seen_any || ctr > self.top {
             return true;
         }
@@ -241,7 +241,7 @@ impl ReplayWindow {
         d < REPLAY_WINDOW && self.bits & (1u128 << d) == 0
     }
 
-    fn accept(&mut self, ctr: u64) {
+    pub(crate) fn accept(&mut self, ctr: u64) {
         if !self.seen_any {
             *self = Self {
                 seen_any: true,
