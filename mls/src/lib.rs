@@ -51,6 +51,7 @@ pub mod admission;
 pub mod danger;
 mod device;
 mod error;
+pub mod fuzzing;
 mod group;
 mod identity;
 pub mod pins;

@@ -6,4 +6,5 @@ mod common;
 mod ghost;
 mod groups;
 mod malformed;
+mod seeds;
 mod transparency;
