@@ -3,7 +3,8 @@
 //!
 //! Layering (see docs/architecture.md):
 //! - sans-IO core, no tokio/axum/sqlx: [`proto`], [`room`], [`auth`], [`crypto`],
-//!   [`model`], [`media`] (the trait only), [`audit`] (types only);
+//!   [`model`], [`media`] (the trait only), [`audit`] (types only), [`mls_frame`]
+//!   (the public MLS framing the delivery service orders commits by);
 //! - edge: [`store`] (sqlx), [`http`] (axum router, WebSocket handler), [`p2p`]
 //!   (the stand-in media plane used until the SFU is wired).
 //!
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod crypto;
 pub mod http;
 pub mod media;
+pub mod mls_frame;
 pub mod model;
 pub mod ops;
 pub mod p2p;

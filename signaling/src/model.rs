@@ -110,6 +110,67 @@ pub enum Principal {
     Guest(InviteId),
 }
 
+impl Principal {
+    /// The inverse of `Display`: `account:17` or `guest:5`, digits only after the kind,
+    /// so a principal taken from a URL can never smuggle separators or signs.
+    pub fn parse(s: &str) -> Option<Principal> {
+        fn digits(d: &str) -> Option<i64> {
+            if d.is_empty() || d.len() > 18 || !d.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            d.parse().ok()
+        }
+        if let Some(d) = s.strip_prefix("account:") {
+            return digits(d).map(|n| Principal::Account(AccountId(n)));
+        }
+        s.strip_prefix("guest:")
+            .and_then(digits)
+            .map(|n| Principal::Guest(InviteId(n)))
+    }
+}
+
+/// A device of a principal, as its key directory entry names it: 16 random bytes the
+/// device chose at its first login, written as exactly 32 lowercase hex characters.
+/// One text form only, so `device:<id>` in the audit log is the same string the
+/// client verifies against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    pub const LEN: usize = 32;
+
+    pub fn parse(s: &str) -> Option<DeviceId> {
+        let ok = s.len() == Self::LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| DeviceId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DeviceId {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        DeviceId::parse(&s).ok_or("a device id is 32 lowercase hex characters")
+    }
+}
+
+impl From<DeviceId> for String {
+    fn from(d: DeviceId) -> String {
+        d.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -142,5 +203,48 @@ impl AppointmentStatus {
             "cancelled" => Self::Cancelled,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_parse_only_their_display_form() {
+        for p in [
+            Principal::Account(AccountId(17)),
+            Principal::Guest(InviteId(5)),
+        ] {
+            assert_eq!(Principal::parse(&p.to_string()), Some(p));
+        }
+        for bad in [
+            "17",
+            "account:",
+            "account:-1",
+            "account:+1",
+            "account:1 ",
+            "guest:1/2",
+            "Account:1",
+            "account:99999999999999999999",
+        ] {
+            assert_eq!(Principal::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_ids_are_32_lowercase_hex() {
+        let good = "0123456789abcdef0123456789abcdef";
+        assert_eq!(DeviceId::parse(good).map(String::from), Some(good.into()));
+        for bad in [
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdeg",
+            "",
+        ] {
+            assert!(DeviceId::parse(bad).is_none(), "{bad}");
+        }
+        assert!(serde_json::from_str::<DeviceId>("\"0123\"").is_err());
     }
 }
