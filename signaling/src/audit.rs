@@ -71,6 +71,10 @@ actions! {
     BreakGlassRefused => "break_glass_refused",
     BreakGlassAccess => "break_glass_access",
     KeyRotated => "key_rotated",
+    // Key directory: target `device:<id>`, detail `ed25519:<base64 key>`. Clients
+    // verify these entries (confide_mls::transparency), so the strings are fixed.
+    DeviceRegistered => "device_registered",
+    DeviceRevoked => "device_revoked",
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -24,7 +24,355 @@ fn account(name: &str, role: Role) -> NewAccount {
     }
 }
 
-async fn suite(store: SqlStore) {
+fn dev(i: u8) -> DeviceId {
+    DeviceId::parse(&format!("{i:032x}")).unwrap()
+}
+
+fn kp(i: u8) -> Vec<u8> {
+    vec![0, 1, 0, 5, i]
+}
+
+fn device_event(principal: &str, action: AuditAction, d: &DeviceId) -> AuditEvent {
+    AuditEvent::new(principal, action, Outcome::Success, T)
+        .target(format!("device:{d}"))
+        .detail("ed25519:AQID")
+}
+
+/// The key directory's tables, the relation behind its lookups, and the log reads
+/// behind its proofs. `inv` is a redeemed invite to `appt` (doctor `doc`, patient
+/// `pat`).
+async fn key_directory(
+    store: &SqlStore,
+    url: &str,
+    doc: AccountId,
+    pat: AccountId,
+    appt: AppointmentId,
+    inv: InviteId,
+) {
+    // Who shares an appointment with whom.
+    let (d, p, g) = (
+        Principal::Account(doc),
+        Principal::Account(pat),
+        Principal::Guest(inv),
+    );
+    let stranger = store
+        .create_account(account("stranger", Role::Patient))
+        .await
+        .unwrap();
+    let s = Principal::Account(stranger);
+    let unused = store
+        .create_invite(NewInvite {
+            appointment: appt,
+            token_hash: vec![9; 32],
+            expires_at: T.plus_secs(60),
+            created_by: doc,
+            created_at: T,
+        })
+        .await
+        .unwrap();
+    let g2 = store
+        .create_invite(NewInvite {
+            appointment: appt,
+            token_hash: vec![10; 32],
+            expires_at: T.plus_secs(60),
+            created_by: doc,
+            created_at: T,
+        })
+        .await
+        .unwrap();
+    assert!(store.redeem_invite(g2, T).await.unwrap());
+    for (a, b) in [
+        (&d, &p),
+        (&p, &d),
+        (&g, &d),
+        (&p, &g),
+        (&g, &Principal::Guest(g2)),
+    ] {
+        assert!(store.share_appointment(a, b).await.unwrap(), "{a} {b}");
+    }
+    for (a, b) in [
+        (&s, &d),
+        (&s, &p),
+        (&g, &s),
+        (&Principal::Guest(unused), &d),
+        (&g, &Principal::Guest(unused)),
+        (&d, &Principal::Account(AccountId(999_999))),
+    ] {
+        assert!(!store.share_appointment(a, b).await.unwrap(), "{a} {b}");
+    }
+    assert_eq!(store.invite(inv).await.unwrap().unwrap().appointment, appt);
+    assert!(
+        store
+            .invite(unused)
+            .await
+            .unwrap()
+            .unwrap()
+            .used_at
+            .is_none()
+    );
+    assert!(store.invite(InviteId(999_999)).await.unwrap().is_none());
+
+    // A registration is pending (invisible, unusable) until its entry is logged.
+    let name = p.to_string();
+    assert_eq!(
+        store
+            .add_pending_device(&name, &dev(1), &[1; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::Inserted
+    );
+    let pending = store.device(&name, &dev(1)).await.unwrap().unwrap();
+    assert!(pending.registered_seq.is_none() && !pending.is_active());
+    assert!(store.devices(&name).await.unwrap().is_empty());
+    store.drop_pending_device(&name, &dev(1)).await.unwrap();
+    assert!(store.device(&name, &dev(1)).await.unwrap().is_none());
+
+    assert_eq!(
+        store
+            .add_pending_device(&name, &dev(1), &[1; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::Inserted
+    );
+    let (_, leaf) = store
+        .record_audit_leaf(device_event(&name, AuditAction::DeviceRegistered, &dev(1)))
+        .await
+        .unwrap();
+    assert!(store.confirm_device(&name, &dev(1), leaf).await.unwrap());
+    assert!(
+        !store
+            .confirm_device(&name, &dev(1), leaf + 1)
+            .await
+            .unwrap()
+    );
+    let rec = store.device(&name, &dev(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            rec.registered_seq,
+            rec.signature_key.clone(),
+            rec.is_active()
+        ),
+        (Some(leaf), vec![1; 32], true)
+    );
+    assert_eq!(
+        store
+            .add_pending_device(&name, &dev(1), &[2; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::Exists(rec.clone())
+    );
+    // The same id under another principal is another device.
+    assert_eq!(
+        store
+            .add_pending_device(&d.to_string(), &dev(1), &[2; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::Inserted
+    );
+    // The cap counts devices that are not revoked, pending ones included.
+    assert_eq!(
+        store
+            .add_pending_device(&name, &dev(2), &[2; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::Inserted
+    );
+    assert_eq!(
+        store
+            .add_pending_device(&name, &dev(3), &[3; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::TooMany
+    );
+    assert_eq!(store.devices(&name).await.unwrap(), vec![rec.clone()]);
+
+    // KeyPackages: active devices only, capped, claimed once, last resort kept.
+    assert_eq!(
+        store
+            .add_key_packages(&name, &dev(2), vec![kp(1)], None, 5)
+            .await
+            .unwrap(),
+        AddKeyPackages::NoDevice,
+        "pending"
+    );
+    let count = |available, last_resort| {
+        AddKeyPackages::Stored(KeyPackageCount {
+            available,
+            last_resort,
+        })
+    };
+    assert_eq!(
+        store
+            .add_key_packages(&name, &dev(1), vec![kp(1), kp(2), kp(3)], Some(kp(9)), 5)
+            .await
+            .unwrap(),
+        count(3, true)
+    );
+    assert_eq!(
+        store
+            .add_key_packages(&name, &dev(1), vec![kp(4), kp(5), kp(6)], None, 5)
+            .await
+            .unwrap(),
+        AddKeyPackages::TooMany
+    );
+    assert_eq!(
+        store
+            .add_key_packages(&name, &dev(1), vec![kp(4), kp(5)], Some(kp(10)), 5)
+            .await
+            .unwrap(),
+        count(5, true)
+    );
+    for i in 1..=5 {
+        assert_eq!(
+            store.claim_key_package(&name, &dev(1)).await.unwrap(),
+            Some(ClaimedKeyPackage {
+                data: kp(i),
+                last_resort: false
+            })
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            store.claim_key_package(&name, &dev(1)).await.unwrap(),
+            Some(ClaimedKeyPackage {
+                data: kp(10),
+                last_resort: true
+            })
+        );
+    }
+    // Concurrent claims never share a one-time KeyPackage.
+    let fresh: Vec<Vec<u8>> = (20..28).map(kp).collect();
+    store
+        .add_key_packages(&name, &dev(1), fresh.clone(), None, 50)
+        .await
+        .unwrap();
+    let claims: Vec<_> = (0..12)
+        .map(|_| {
+            let (store, name) = (store.clone(), name.clone());
+            tokio::spawn(async move { store.claim_key_package(&name, &dev(1)).await })
+        })
+        .collect();
+    let mut one_time = Vec::new();
+    for c in claims {
+        let got = c.await.unwrap().unwrap().unwrap();
+        if !got.last_resort {
+            one_time.push(got.data);
+        }
+    }
+    one_time.sort();
+    assert_eq!(
+        one_time, fresh,
+        "each one-time KeyPackage went to one claim"
+    );
+    assert_eq!(
+        store.key_package_count(&name, &dev(1)).await.unwrap(),
+        KeyPackageCount {
+            available: 0,
+            last_resort: true
+        }
+    );
+
+    // Revocation: once, at its entry; the KeyPackages go with it.
+    store
+        .add_key_packages(&name, &dev(1), vec![kp(30)], None, 5)
+        .await
+        .unwrap();
+    let (_, revoked) = store
+        .record_audit_leaf(device_event(&name, AuditAction::DeviceRevoked, &dev(1)))
+        .await
+        .unwrap();
+    assert!(revoked > leaf);
+    assert!(
+        store
+            .revoke_device(&name, &dev(1), T.plus_secs(5), revoked)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_device(&name, &dev(1), T.plus_secs(6), revoked + 1)
+            .await
+            .unwrap()
+    );
+    let rec = store.device(&name, &dev(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.revoked_at, rec.revoked_seq, rec.is_active()),
+        (Some(T.plus_secs(5)), Some(revoked), false)
+    );
+    assert_eq!(store.claim_key_package(&name, &dev(1)).await.unwrap(), None);
+    assert_eq!(
+        store.key_package_count(&name, &dev(1)).await.unwrap(),
+        KeyPackageCount {
+            available: 0,
+            last_resort: false
+        }
+    );
+    assert_eq!(
+        store
+            .add_key_packages(&name, &dev(1), vec![kp(31)], None, 5)
+            .await
+            .unwrap(),
+        AddKeyPackages::NoDevice
+    );
+    assert_eq!(store.devices(&name).await.unwrap(), vec![rec]);
+    // A revoked device no longer counts against the cap.
+    assert_eq!(
+        store
+            .add_pending_device(&name, &dev(3), &[3; 32], T, 2)
+            .await
+            .unwrap(),
+        NewDevice::Inserted
+    );
+
+    // The log reads behind the directory's proofs.
+    let entry = store.log_entry(leaf).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.seq(), entry.action(), entry.actor(), entry.detail()),
+        (
+            leaf,
+            "device_registered",
+            name.as_str(),
+            Some("ed25519:AQID")
+        )
+    );
+    assert!(store.log_entry(revoked + 100).await.unwrap().is_none());
+    assert!(
+        store.log_checkpoint().await.unwrap().is_none(),
+        "no signer here"
+    );
+    let writer = confide_audit::store::AuditWriter::new(
+        confide_audit::store::AuditStore::connect(url)
+            .await
+            .unwrap(),
+        "test.invalid/log",
+        confide_audit::LogSigningKey::from_seed(&[5; 32]),
+        confide_audit::CheckpointPolicy::default(),
+    )
+    .unwrap();
+    let now = confide_audit::Timestamp::from_unix_millis(T.0).unwrap();
+    let signed = writer.checkpoint_now(now).await.unwrap().unwrap();
+    let cp = store.log_checkpoint().await.unwrap().unwrap();
+    assert_eq!(cp.size, signed.checkpoint.size);
+    assert!(cp.size > revoked);
+    let parsed =
+        confide_audit::SignedCheckpoint::from_note(&cp.note, &writer.public_key()).unwrap();
+    assert_eq!(parsed.checkpoint, signed.checkpoint);
+    for seq in [leaf, revoked] {
+        let e = store.log_entry(seq).await.unwrap().unwrap();
+        let proof = store.log_inclusion_proof(seq, cp.size).await.unwrap();
+        confide_audit::verify_inclusion(
+            seq,
+            cp.size,
+            &e.leaf_hash(),
+            &proof,
+            &parsed.checkpoint.root,
+        )
+        .unwrap();
+    }
+    assert!(store.log_inclusion_proof(leaf, cp.size + 1).await.is_err());
+}
+
+async fn suite(store: SqlStore, url: &str) {
     store.ping().await.unwrap();
 
     // accounts
@@ -312,6 +660,8 @@ async fn suite(store: SqlStore) {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].event.action, AuditAction::LoginFailed);
 
+    key_directory(&store, url, doc, pat, appt, inv).await;
+
     // keys: first load makes a key; rotation of master and data key
     let m1 = MasterKey::generate(&mut OsRng);
     let ring = load_keyring(&store, &m1, T).await.unwrap();
@@ -380,7 +730,7 @@ async fn suite(store: SqlStore) {
 async fn store_suite_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.sqlite3").display());
-    suite(SqlStore::connect(&url).await.unwrap()).await;
+    suite(SqlStore::connect(&url).await.unwrap(), &url).await;
 }
 
 fn pg_base_url() -> String {
@@ -417,5 +767,5 @@ async fn store_suite_postgres() {
     let url = fresh_pg_database().await;
     let store = SqlStore::connect(&url).await.unwrap();
     assert_eq!(store.backend(), Backend::Postgres);
-    suite(store).await;
+    suite(store, &url).await;
 }

@@ -14,15 +14,21 @@ use crate::model::{Role, Timestamp};
 #[async_trait]
 pub trait AuditLog: Send + Sync {
     /// Append one event; returns its sequence number (strictly increasing).
-    async fn record_audit(&self, event: AuditEvent) -> Result<AuditSeq>;
+    async fn record_audit(&self, event: AuditEvent) -> Result<AuditSeq> {
+        self.record_audit_leaf(event).await.map(|(seq, _)| seq)
+    }
+    /// Append one event; returns its sequence number and its leaf index in the Merkle
+    /// log, which inclusion proofs are about (the key directory serves proofs of the
+    /// entries it writes).
+    async fn record_audit_leaf(&self, event: AuditEvent) -> Result<(AuditSeq, u64)>;
     /// Events matching `filter`, oldest first.
     async fn audit_events(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>>;
 }
 
 #[async_trait]
 impl AuditLog for SqlStore {
-    async fn record_audit(&self, e: AuditEvent) -> Result<AuditSeq> {
-        super::merkle::record(self, &e).await?;
+    async fn record_audit_leaf(&self, e: AuditEvent) -> Result<(AuditSeq, u64)> {
+        let leaf = super::merkle::record(self, &e).await?;
         let row = sqlx::query(
             "INSERT INTO audit_events (at, actor, role, action, target, outcome, source, request_id, priority, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq",
@@ -39,7 +45,7 @@ impl AuditLog for SqlStore {
         .bind(e.detail)
         .fetch_one(self.pool())
         .await?;
-        Ok(AuditSeq(row.try_get::<i64, _>(0)?))
+        Ok((AuditSeq(row.try_get::<i64, _>(0)?), leaf))
     }
 
     async fn audit_events(&self, f: AuditFilter) -> Result<Vec<AuditRecord>> {

@@ -3,21 +3,28 @@
 //! test suite runs one body against both.
 //!
 //! Sealed columns hold envelopes from [`crate::crypto`]; the store never sees the
-//! keys. The audit table and its API live in [`audit`].
+//! keys. The audit table and its API live in [`audit`]; the key directory's tables and
+//! the log reads behind its proofs in [`directory`].
 
 pub mod audit;
+pub mod directory;
 pub mod keys;
 pub mod merkle;
 mod sql;
 
 pub use audit::AuditLog;
+pub use directory::{
+    AddKeyPackages, ClaimedKeyPackage, DeviceRecord, KeyDirectory, KeyPackageCount, LogCheckpoint,
+    NewDevice,
+};
 pub use sql::{Backend, SqlStore};
 
 use async_trait::async_trait;
 
 use crate::auth::Session;
 use crate::model::{
-    AccountId, AppointmentId, AppointmentStatus, ChatId, InviteId, ParticipantId, Role, Timestamp,
+    AccountId, AppointmentId, AppointmentStatus, ChatId, InviteId, ParticipantId, Principal, Role,
+    Timestamp,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +227,7 @@ pub struct BreakGlassGrant {
 }
 
 #[async_trait]
-pub trait Store: AuditLog + Send + Sync + 'static {
+pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     // accounts
@@ -253,10 +260,16 @@ pub trait Store: AuditLog + Send + Sync + 'static {
     async fn appointment(&self, id: AppointmentId) -> Result<Option<Appointment>>;
     async fn list_appointments(&self, q: AppointmentQuery) -> Result<Vec<Appointment>>;
     async fn set_appointment_status(&self, id: AppointmentId, s: AppointmentStatus) -> Result<()>;
+    /// Whether `a` and `b` are parties of one appointment, whatever its status: its
+    /// doctor and patient, or a guest who redeemed an invite to it and its doctor,
+    /// patient or another such guest. The relation that lets two principals meet in a
+    /// consultation, and so look each other up in the key directory.
+    async fn share_appointment(&self, a: &Principal, b: &Principal) -> Result<bool>;
 
     // invites
     async fn create_invite(&self, i: NewInvite) -> Result<InviteId>;
     async fn invite_by_hash(&self, token_hash: &[u8]) -> Result<Option<InviteRecord>>;
+    async fn invite(&self, id: InviteId) -> Result<Option<InviteRecord>>;
     /// Mark the invite used if it is unused and unexpired; false otherwise. Atomic,
     /// so an invite link works once even under concurrent redemption.
     async fn redeem_invite(&self, id: InviteId, now: Timestamp) -> Result<bool>;

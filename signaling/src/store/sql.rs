@@ -124,6 +124,15 @@ fn appointment_from(r: &AnyRow) -> Result<Appointment> {
     })
 }
 
+fn invite_from(r: &AnyRow) -> Result<InviteRecord> {
+    Ok(InviteRecord {
+        id: InviteId(r.try_get(0)?),
+        appointment: AppointmentId(r.try_get(1)?),
+        expires_at: Timestamp(r.try_get(2)?),
+        used_at: r.try_get::<Option<i64>, _>(3)?.map(Timestamp),
+    })
+}
+
 fn session_from(r: &AnyRow) -> Result<Session> {
     let account: Option<i64> = r.try_get(1)?;
     let invite: Option<i64> = r.try_get(2)?;
@@ -384,6 +393,35 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn share_appointment(&self, a: &Principal, b: &Principal) -> Result<bool> {
+        use Principal::{Account, Guest};
+        // Only redeemed invites: an unused one has no principal behind it yet.
+        let q = match (a, b) {
+            (Account(x), Account(y)) => sqlx::query(
+                "SELECT 1 FROM appointments \
+                 WHERE (doctor_id = $1 AND patient_id = $2) OR (doctor_id = $2 AND patient_id = $1) \
+                 LIMIT 1",
+            )
+            .bind(x.0)
+            .bind(y.0),
+            (Account(x), Guest(g)) | (Guest(g), Account(x)) => sqlx::query(
+                "SELECT 1 FROM invites i JOIN appointments a ON a.id = i.appointment_id \
+                 WHERE i.id = $1 AND i.used_at IS NOT NULL \
+                 AND (a.doctor_id = $2 OR a.patient_id = $2) LIMIT 1",
+            )
+            .bind(g.0)
+            .bind(x.0),
+            (Guest(g), Guest(h)) => sqlx::query(
+                "SELECT 1 FROM invites i JOIN invites j ON i.appointment_id = j.appointment_id \
+                 WHERE i.id = $1 AND j.id = $2 AND i.used_at IS NOT NULL AND j.used_at IS NOT NULL \
+                 LIMIT 1",
+            )
+            .bind(g.0)
+            .bind(h.0),
+        };
+        Ok(q.fetch_optional(&self.pool).await?.is_some())
+    }
+
     async fn create_invite(&self, i: NewInvite) -> Result<InviteId> {
         let row = sqlx::query(
             "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at) \
@@ -406,15 +444,17 @@ impl Store for SqlStore {
         .bind(token_hash.to_vec())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(InviteRecord {
-                id: InviteId(r.try_get(0)?),
-                appointment: AppointmentId(r.try_get(1)?),
-                expires_at: Timestamp(r.try_get(2)?),
-                used_at: r.try_get::<Option<i64>, _>(3)?.map(Timestamp),
-            })
-        })
-        .transpose()
+        row.as_ref().map(invite_from).transpose()
+    }
+
+    async fn invite(&self, id: InviteId) -> Result<Option<InviteRecord>> {
+        let row = sqlx::query(
+            "SELECT id, appointment_id, expires_at, used_at FROM invites WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(invite_from).transpose()
     }
 
     async fn redeem_invite(&self, id: InviteId, now: Timestamp) -> Result<bool> {
