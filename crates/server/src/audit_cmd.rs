@@ -19,10 +19,12 @@ use confide_audit::store::{AuditStore, AuditWriter};
 use confide_audit::{
     CheckpointPolicy, LogPublicKey, LogSigningKey, SignedCheckpoint, Timestamp, check_package,
 };
+use confide_signaling::http::CheckpointSigner;
 use confide_signaling::model::AccountId;
 use confide_signaling::store::{AppointmentQuery, Store};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
+use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::{Config, open_store, write_private};
@@ -140,21 +142,72 @@ async fn writer(cfg: &Config) -> anyhow::Result<AuditWriter> {
     Ok(AuditWriter::new(store, &origin, key, policy())?)
 }
 
-/// Starts the task that signs a checkpoint every N entries or T seconds.
-pub async fn spawn_signer(cfg: &Config) -> anyhow::Result<()> {
+/// A request to sign what is pending now, answered once the checkpoint is stored.
+type SignRequest = oneshot::Sender<Result<(), String>>;
+
+/// The way into the signer task for signaling's key directory: a registration must be
+/// provable when its response goes out, so the directory asks for a checkpoint at once
+/// instead of waiting for the policy (N entries or T seconds).
+#[derive(Clone)]
+pub struct SignerHandle {
+    requests: mpsc::Sender<SignRequest>,
+}
+
+#[async_trait::async_trait]
+impl CheckpointSigner for SignerHandle {
+    async fn sign_pending(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(tx)
+            .await
+            .map_err(|_| "the checkpoint signer has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the checkpoint signer has stopped".to_owned())?
+    }
+}
+
+/// Starts the task that signs a checkpoint every N entries or T seconds, and at once
+/// when asked through the returned handle.
+pub async fn spawn_signer(cfg: &Config) -> anyhow::Result<SignerHandle> {
     let w = writer(cfg).await?;
+    // Bounded: a burst of registrations waits here rather than growing a queue.
+    let (requests, mut rx) = mpsc::channel::<SignRequest>(256);
     tokio::spawn(async move {
         // Once a second is well inside T and catches N entries promptly; each tick
         // is one small transaction.
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
-            every.tick().await;
-            if let Err(e) = w.tick(now()).await {
-                tracing::warn!(error = %e, "signing an audit checkpoint failed");
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = w.tick(now()).await {
+                        tracing::warn!(error = %e, "signing an audit checkpoint failed");
+                    }
+                }
+                first = rx.recv() => {
+                    let Some(first) = first else { break };
+                    // Everyone who asked before this signing shares its checkpoint:
+                    // each asked after its entry was appended, so the checkpoint covers
+                    // it. Those who ask during the signing wait for the next one.
+                    let mut waiting = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        waiting.push(more);
+                    }
+                    let res = w
+                        .checkpoint_now(now())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    if let Err(e) = &res {
+                        tracing::warn!(error = %e, "signing an audit checkpoint on request failed");
+                    }
+                    for tx in waiting {
+                        let _ = tx.send(res.clone());
+                    }
+                }
             }
         }
     });
-    Ok(())
+    Ok(SignerHandle { requests })
 }
 
 fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
@@ -370,13 +423,18 @@ pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
 }
 
 /// Read-only HTTPS routes that publish the log's state, as Certificate Transparency
-/// logs do: `GET /api/audit/checkpoint` (the latest signed checkpoint, as a signed note)
-/// and `GET /api/audit/key` (the log's public key, as a verifier key line).
+/// logs do: `GET /api/audit/checkpoint` (the latest signed checkpoint, as a signed note),
+/// `GET /api/audit/key` (the log's public key, as a verifier key line) and
+/// `GET /api/audit/consistency?from=A&to=B` (the RFC 6962 proof that the tree of A
+/// entries is a prefix of the tree of B entries).
 ///
 /// They are public on purpose. A checkpoint reveals only the number of entries, a root
 /// hash and a time, never an entry; anyone who keeps the checkpoints they fetched can
 /// later demand a consistency proof, so a server that rewrote its history would have
-/// to show two different trees to two parties, and comparing notes exposes that.
+/// to show two different trees to two parties, and comparing notes exposes that. A
+/// consistency proof is made of interior node hashes: it reveals no entry either.
+/// Entries and their inclusion proofs are served only by the key directory, to those
+/// entitled to the entries (they can be about patients).
 pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
@@ -390,6 +448,7 @@ pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
     let store = AuditStore::connect(&cfg.database_url())
         .await
         .context("opening the audit log")?;
+    let proofs = store.clone();
     let state = Arc::new((store, public));
     let text = |body: String| ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body);
     Ok(axum::Router::new()
@@ -426,5 +485,55 @@ pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
                     }
                 }
             }),
+        )
+        .route(
+            "/api/audit/consistency",
+            get(move |q: axum::extract::Query<ConsistencyQuery>| {
+                let store = proofs.clone();
+                async move { consistency(&store, q.0).await }
+            }),
         ))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+#[derive(serde::Serialize)]
+struct ConsistencyResp {
+    from: u64,
+    to: u64,
+    /// RFC 6962 PROOF node hashes, base64.
+    proof: Vec<String>,
+}
+
+/// `GET /api/audit/consistency?from=A&to=B`: 400 unless `A <= B <= size`.
+async fn consistency(store: &AuditStore, q: ConsistencyQuery) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use confide_signaling::http::ApiError;
+
+    let size = match store.size().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the audit log size");
+            return ApiError::Internal.into_response();
+        }
+    };
+    if q.from > q.to || q.to > size {
+        return ApiError::BadRequest("need from <= to <= the log's size").into_response();
+    }
+    match store.consistency_proof(q.from, q.to).await {
+        Ok(p) => axum::Json(ConsistencyResp {
+            from: q.from,
+            to: q.to,
+            proof: p.path.iter().map(|h| h.to_base64()).collect(),
+        })
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "making an audit consistency proof");
+            ApiError::Internal.into_response()
+        }
+    }
 }

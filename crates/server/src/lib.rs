@@ -175,7 +175,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Start serving; returns once the port is bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (store, _master, keyring) = open_store(&cfg).await?;
-    audit_cmd::spawn_signer(&cfg).await?;
+    let signer = audit_cmd::spawn_signer(&cfg).await?;
     let store: Arc<dyn Store> = store;
     let tls = tls::load_or_create(&cfg)?;
 
@@ -193,6 +193,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         plane,
         static_dir,
     );
+    state.set_checkpoint_signer(Arc::new(signer));
     tokio::spawn(run_media(state.clone(), events));
 
     let demo = if cfg.demo {

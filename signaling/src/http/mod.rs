@@ -4,22 +4,23 @@
 //! `ConnectInfo<SocketAddr>` (source addresses are audited) and spawns
 //! [`run_media`] once to drive the media plane.
 
+mod directory;
 mod rest;
 mod ws;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
@@ -38,6 +39,7 @@ use crate::room::MediaCmd;
 use crate::settings::Settings;
 use crate::store::{AccountRecord, Store, StoreError};
 
+pub use directory::CheckpointSigner;
 pub use ws::Outbound;
 
 /// Wall clock in milliseconds; the only place the edge reads time.
@@ -65,6 +67,11 @@ pub struct Inner {
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     media_cmds: mpsc::Sender<MediaCmd>,
     media_cmd_rx: Mutex<Option<mpsc::Receiver<MediaCmd>>>,
+    /// The audit log's checkpoint signer, which the key directory nudges so that a
+    /// registration is provable when its response goes out. Set once by the server;
+    /// without it, proofs cover entries once some checkpoint is signed (the server's
+    /// periodic signer, `confide audit checkpoint`, or a test's own `AuditWriter`).
+    signer: OnceLock<Arc<dyn CheckpointSigner>>,
 }
 
 /// Live consultations and connections.
@@ -120,7 +127,18 @@ impl AppState {
             ip_limiter: RateLimiter::keyed(per_ip),
             media_cmds: tx,
             media_cmd_rx: Mutex::new(Some(rx)),
+            signer: OnceLock::new(),
         }))
+    }
+
+    /// Connect the audit log's checkpoint signer (once; later calls are ignored and
+    /// return false).
+    pub fn set_checkpoint_signer(&self, signer: Arc<dyn CheckpointSigner>) -> bool {
+        self.signer.set(signer).is_ok()
+    }
+
+    pub(crate) fn checkpoint_signer(&self) -> Option<&Arc<dyn CheckpointSigner>> {
+        self.signer.get()
     }
 
     pub(crate) fn hub(&self) -> &Hub {
@@ -273,6 +291,21 @@ pub fn router(state: AppState) -> Router {
             "/admin/break-glass/appointments/{id}",
             get(rest::break_glass_appointment),
         )
+        .route(
+            "/devices/{device}",
+            put(directory::register_device).delete(directory::revoke_device),
+        )
+        .route(
+            "/devices/{device}/key_packages",
+            get(directory::key_package_count)
+                .post(directory::upload_key_packages)
+                .layer(DefaultBodyLimit::max(directory::KEY_PACKAGE_BODY_MAX)),
+        )
+        .route("/directory/{principal}", get(directory::lookup))
+        .route(
+            "/directory/{principal}/devices/{device}/key_package",
+            post(directory::claim_key_package),
+        )
         .fallback(|| async { ApiError::NotFound })
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
@@ -362,6 +395,12 @@ pub enum ApiError {
     Forbidden,
     NotFound,
     Conflict(&'static str),
+    /// A refusal with its own machine-readable code (the key directory's).
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: &'static str,
+    },
     ConsentRequired,
     InviteInvalid,
     TooManyRequests(i64),
@@ -402,6 +441,11 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "not allowed"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "not found"),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", *m),
+            ApiError::Refused {
+                status,
+                code,
+                message,
+            } => (*status, *code, *message),
             ApiError::ConsentRequired => (
                 StatusCode::BAD_REQUEST,
                 "consent_required",

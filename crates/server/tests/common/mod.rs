@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confide_server::confide_signaling::audit::{AuditAction, AuditFilter, AuditRecord};
-use confide_server::confide_signaling::auth::TotpSecret;
+use confide_server::confide_signaling::auth::{TotpSecret, hash_token};
 use confide_server::confide_signaling::http::now;
+use confide_server::confide_signaling::mls_frame::synth;
 use confide_server::confide_signaling::model::{AccountId, AppointmentId, Role};
 use confide_server::confide_signaling::ops::{self, DemoInfo};
+use confide_server::confide_signaling::proto::encode_b64;
 use confide_server::confide_signaling::store::Store;
 use confide_server::{Config, Running, start};
 use futures_util::{SinkExt, StreamExt};
+use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -220,6 +223,95 @@ impl TestServer {
         self.demo.appointment_id
     }
 
+    /// The principal text (`account:N`) of a demo account.
+    pub fn principal(&self, role: Role) -> String {
+        self.demo.account(role).unwrap().id.to_string()
+    }
+
+    /// A guest of the demo appointment: the doctor invites, the guest redeems.
+    /// Returns (guest token, principal `guest:N`).
+    pub async fn guest(&self, doctor_token: &str) -> (String, String) {
+        let r = self
+            .req(
+                "POST",
+                &format!("/api/appointments/{}/invites", self.appointment().0),
+                Some(doctor_token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let invite = r.body["invite_token"].as_str().unwrap().to_owned();
+        let r = self
+            .req(
+                "POST",
+                "/api/invites/redeem",
+                None,
+                Some(json!({"invite_token": invite, "accept_terms_version": self.demo.terms_version})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let token = r.body["token"].as_str().unwrap().to_owned();
+        let me = self
+            .store()
+            .session(&hash_token(&token))
+            .await
+            .unwrap()
+            .unwrap();
+        (token, me.principal.to_string())
+    }
+
+    /// Register a fresh device (random id and key) for `token`'s principal.
+    pub async fn new_device(&self, token: &str) -> Device {
+        let d = Device::random();
+        let r = self.register(token, &d).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        d
+    }
+
+    pub async fn register(&self, token: &str, d: &Device) -> Resp {
+        self.req(
+            "PUT",
+            &format!("/api/devices/{}", d.id),
+            Some(token),
+            Some(json!({"signature_key": d.key_b64()})),
+        )
+        .await
+    }
+
+    /// Upload `n` one-time KeyPackages (and a last-resort one if asked); returns them.
+    pub async fn upload_key_packages(
+        &self,
+        token: &str,
+        d: &Device,
+        n: usize,
+        last_resort: bool,
+    ) -> (Vec<String>, Option<String>) {
+        let kps: Vec<String> = (0..n).map(|_| key_package()).collect();
+        let lr = last_resort.then(key_package);
+        let mut body = json!({"key_packages": kps});
+        if let Some(l) = &lr {
+            body["last_resort"] = json!(l);
+        }
+        let r = self
+            .req(
+                "POST",
+                &format!("/api/devices/{}/key_packages", d.id),
+                Some(token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        (kps, lr)
+    }
+
+    /// Sign a checkpoint now, as `confide audit checkpoint` does.
+    pub async fn sign_checkpoint(&self) {
+        let cfg = confide_server::Config::new(self.data_dir.clone());
+        confide_server::audit_cmd::run(cfg, confide_server::audit_cmd::AuditCmd::Checkpoint)
+            .await
+            .unwrap();
+    }
+
     pub async fn ws(&self) -> Ws {
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -256,6 +348,37 @@ impl TestServer {
         assert_eq!(w["type"], "welcome", "{w}");
         ws
     }
+}
+
+/// A device as the key directory knows it: a 32-hex id and a (made-up) Ed25519 key.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub id: String,
+    pub key: [u8; 32],
+}
+
+impl Device {
+    pub fn random() -> Self {
+        let mut id = [0u8; 16];
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut id);
+        OsRng.fill_bytes(&mut key);
+        Device {
+            id: hex::encode(id),
+            key,
+        }
+    }
+
+    pub fn key_b64(&self) -> String {
+        encode_b64(&self.key)
+    }
+}
+
+/// A KeyPackage as far as the server looks: the MLS framing, then random bytes.
+pub fn key_package() -> String {
+    let mut rest = [0u8; 64];
+    OsRng.fill_bytes(&mut rest);
+    encode_b64(&synth::key_package(&rest))
 }
 
 pub struct Ws {
