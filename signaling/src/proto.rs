@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AppointmentId, ChatId, ParticipantId, Role, Timestamp};
+use crate::model::{AppointmentId, ChatId, DeviceId, ParticipantId, Role, Timestamp};
 
 /// Bumped on any incompatible change; `hello` must carry it.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -24,17 +24,22 @@ pub struct Limits {
     /// Decoded size of a chat ciphertext.
     pub chat: usize,
     pub token: usize,
+    /// Decoded size of an MLS commit, and of a Welcome.
+    pub mls: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            frame: 128 * 1024,
+            // Room for an `mls_commit` carrying a commit and a Welcome of 64 KiB each
+            // (base64 makes each 87 KB).
+            frame: 192 * 1024,
             sdp: 64 * 1024,
             candidate: 4 * 1024,
             e2ee_blob: 64 * 1024,
             chat: 16 * 1024,
             token: 512,
+            mls: 64 * 1024,
         }
     }
 }
@@ -48,9 +53,12 @@ pub enum ClientMsg {
         version: u32,
         token: String,
     },
-    /// Ask to enter the consultation of an appointment.
+    /// Ask to enter the consultation of an appointment, as `device` (a registered,
+    /// active device of the caller in the key directory) when the client has one.
     Join {
         consultation: AppointmentId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
     },
     /// Doctor only: let a waiting participant in.
     Admit {
@@ -80,6 +88,16 @@ pub enum ClientMsg {
     Chat {
         ciphertext: String,
     },
+    /// An MLS commit (base64 `MLSMessage`, PublicMessage or PrivateMessage) for the
+    /// consultation's group. With `add` (doctor only), the participants it adds, who
+    /// get `welcome` (base64 MLS Welcome) and are admitted.
+    MlsCommit {
+        commit: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        welcome: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<ParticipantId>,
+    },
     Leave,
     /// Doctor only: end the consultation for everyone.
     End,
@@ -100,18 +118,25 @@ const CLIENT_TYPES: &[&str] = &[
     "ice_candidate",
     "e2ee",
     "chat",
+    "mls_commit",
     "leave",
     "end",
     "ping",
 ];
 
-/// What other participants learn about someone: never an account id or a name
-/// beyond the display label.
+/// What other participants learn about someone: the display label, and the principal
+/// (`account:17`, `guest:5`) and device the doctor's client needs to fetch a KeyPackage
+/// from the key directory. Participants of one appointment therefore learn each
+/// other's principal id; nothing beyond it (no username, no contact).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantInfo {
     pub id: ParticipantId,
     pub role: Role,
     pub label: String,
+    pub principal: String,
+    /// The device it joined as; absent if it joined without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +222,21 @@ pub enum ServerMsg {
         time: Timestamp,
         ciphertext: String,
     },
+    /// Your `mls_commit` was accepted: the group is now at `epoch`.
+    MlsAccepted {
+        epoch: u64,
+    },
+    /// A commit another member sent, accepted by the server; `epoch` is the new epoch.
+    MlsCommit {
+        from: ParticipantId,
+        epoch: u64,
+        commit: String,
+    },
+    /// You were added to the consultation's group: an MLS Welcome, base64.
+    MlsWelcome {
+        from: ParticipantId,
+        welcome: String,
+    },
     /// Your `leave` took effect.
     Left {
         consultation: AppointmentId,
@@ -251,6 +291,9 @@ pub enum ErrorCode {
     UnknownParticipant,
     RateLimited,
     MediaError,
+    StaleCommit,
+    WrongGroup,
+    UnknownDevice,
     Internal,
 }
 
@@ -278,6 +321,9 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => "unknown_participant",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MediaError => "media_error",
+            ErrorCode::StaleCommit => "stale_commit",
+            ErrorCode::WrongGroup => "wrong_group",
+            ErrorCode::UnknownDevice => "unknown_device",
             ErrorCode::Internal => "internal",
         }
     }
@@ -307,6 +353,14 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => "no such participant",
             ErrorCode::RateLimited => "too many messages; slow down",
             ErrorCode::MediaError => "the media plane refused the request",
+            ErrorCode::StaleCommit => {
+                "the commit is not for the group's current epoch; process the commits you \
+                 received and commit again"
+            }
+            ErrorCode::WrongGroup => "the commit is not for this consultation's group",
+            ErrorCode::UnknownDevice => {
+                "that device is not an active registered device of yours; register it first"
+            }
             ErrorCode::Internal => "internal error",
         }
     }
@@ -392,6 +446,9 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
 }
 
+/// Longest `mls_commit.add` list.
+pub const MAX_MLS_ADD: usize = 16;
+
 fn too_large(what: &str) -> ProtoError {
     ProtoError::new(
         ErrorCode::TooLarge,
@@ -417,6 +474,30 @@ fn validate(msg: &ClientMsg, limits: &Limits) -> Result<(), ProtoError> {
         ClientMsg::E2ee { blob, .. } => decode_b64(blob, limits.e2ee_blob, "blob").map(|_| ()),
         ClientMsg::Chat { ciphertext } => {
             decode_b64(ciphertext, limits.chat, "ciphertext").map(|_| ())
+        }
+        ClientMsg::MlsCommit {
+            commit,
+            welcome,
+            add,
+        } => {
+            decode_b64(commit, limits.mls, "commit")?;
+            if let Some(w) = welcome {
+                decode_b64(w, limits.mls, "welcome")?;
+            }
+            // A consultation holds at most 8; a longer list cannot be right.
+            if add.len() > MAX_MLS_ADD {
+                return Err(too_large("add"));
+            }
+            let mut seen = add.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() != add.len() {
+                return Err(ProtoError::new(
+                    ErrorCode::InvalidMessage,
+                    "add lists a participant twice",
+                ));
+            }
+            Ok(())
         }
         _ => Ok(()),
     }

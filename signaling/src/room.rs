@@ -6,12 +6,18 @@
 //! calls and [`RoomOutput::Close`] into closing a connection. Who may join at all
 //! (assignment, consent, time window) is checked before `handle_join`; this machine
 //! enforces what depends on the room's own state.
+//!
+//! It is also the consultation's MLS *delivery service*: it orders the commits of the
+//! consultation's group (one per epoch, the first valid one wins) from their public
+//! framing alone ([`crate::mls_frame`]), relays them and delivers Welcomes. It never
+//! holds a key and cannot add anyone to a group: only a member's signed commit does.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::media::{MediaParticipantId, MediaRoomId};
-use crate::model::{AppointmentId, ChatId, ParticipantId, Principal, Role, Timestamp};
-use crate::proto::{EndReason, ErrorCode, LeaveReason, ParticipantInfo, ServerMsg};
+use crate::mls_frame::{self, ContentType, FrameError, Sender};
+use crate::model::{AppointmentId, ChatId, DeviceId, ParticipantId, Principal, Role, Timestamp};
+use crate::proto::{EndReason, ErrorCode, LeaveReason, ParticipantInfo, ServerMsg, encode_b64};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberState {
@@ -33,6 +39,8 @@ pub struct Joiner {
     pub principal: Principal,
     pub role: Role,
     pub label: String,
+    /// The key-directory device it joins as (already checked active by the edge).
+    pub device: Option<DeviceId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +81,19 @@ pub enum RoomError {
     NotMember,
     #[error("the consultation is full")]
     Full,
+    #[error("stale commit: the group is at epoch {room}, the commit is for epoch {got}")]
+    StaleCommit { room: u64, got: u64 },
+    #[error("{0}")]
+    WrongGroup(&'static str),
+    /// An MLS message that does not parse.
+    #[error("{what}: {error}")]
+    BadMls {
+        what: &'static str,
+        error: FrameError,
+    },
+    /// An MLS message that parses but is not what this message must carry.
+    #[error("{0}")]
+    InvalidMls(&'static str),
 }
 
 impl RoomError {
@@ -85,8 +106,57 @@ impl RoomError {
             RoomError::NotAdmitted => ErrorCode::NotAdmitted,
             RoomError::NotMember => ErrorCode::NotInConsultation,
             RoomError::Full => ErrorCode::ConsultationFull,
+            RoomError::StaleCommit { .. } => ErrorCode::StaleCommit,
+            RoomError::WrongGroup(_) => ErrorCode::WrongGroup,
+            RoomError::BadMls { .. } | RoomError::InvalidMls(_) => ErrorCode::InvalidMessage,
         }
     }
+
+    /// The text sent with [`Self::code`]: the code's default text, or for the MLS
+    /// refusals one that says what was wrong (epochs, the framing fault), so a client
+    /// developer can tell a stale commit from a broken one.
+    pub fn message(self) -> String {
+        match self {
+            RoomError::StaleCommit { .. }
+            | RoomError::WrongGroup(_)
+            | RoomError::BadMls { .. }
+            | RoomError::InvalidMls(_) => self.to_string(),
+            _ => self.code().default_message().to_owned(),
+        }
+    }
+}
+
+/// The consultation's MLS group as the delivery service tracks it: its id and the
+/// epoch the next commit must be for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlsGroup {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+}
+
+/// Every group id of consultation `appointment` starts with these bytes; commits for
+/// other group ids are refused (`wrong_group`), so a group can never be carried from
+/// one consultation into another.
+pub fn group_id_prefix(appointment: AppointmentId) -> String {
+    format!("confide/c/{}/", appointment.0)
+}
+
+/// An `mls_commit` after base64 decoding.
+#[derive(Debug, Clone)]
+pub struct MlsCommit {
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+    /// Participants (waiting or admitted) the commit adds; doctor only.
+    pub add: Vec<ParticipantId>,
+}
+
+/// What an accepted commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlsAccepted {
+    /// The group's new epoch.
+    pub epoch: u64,
+    /// Waiting participants the commit admitted, with their roles (for the audit log).
+    pub admitted: Vec<(ParticipantId, Role)>,
 }
 
 /// What happened to a joiner.
@@ -124,6 +194,8 @@ pub struct Consultation {
     /// most one entry per principal, and principals come from the edge's checked
     /// joiners, so this stays as small as the room.
     rejoin: Vec<(Principal, Timestamp)>,
+    /// `None` until the first accepted commit, and again once everyone has left.
+    mls: Option<MlsGroup>,
     ended: bool,
     media_open: bool,
     out: VecDeque<RoomOutput>,
@@ -137,6 +209,7 @@ impl Consultation {
             closes_at,
             members: BTreeMap::new(),
             rejoin: Vec::new(),
+            mls: None,
             ended: false,
             media_open: false,
             out: VecDeque::new(),
@@ -165,6 +238,10 @@ impl Consultation {
     /// Members in `state` (metrics: waiting-room size, admitted participants).
     pub fn count(&self, state: MemberState) -> usize {
         self.members.values().filter(|m| m.state == state).count()
+    }
+    /// The MLS group commits are ordered in, if one has started.
+    pub fn mls(&self) -> Option<&MlsGroup> {
+        self.mls.as_ref()
     }
     pub fn has_principal(&self, p: &Principal) -> bool {
         self.members.values().any(|m| &m.principal == p)
@@ -216,12 +293,17 @@ impl Consultation {
 
     /// Whether one more participant other than the doctor may be admitted.
     fn has_room_for_another(&self) -> bool {
+        self.has_room_for(1)
+    }
+
+    /// Whether `n` more participants other than the doctor may be admitted.
+    fn has_room_for(&self, n: usize) -> bool {
         let others = self
             .members
             .values()
             .filter(|m| m.state == MemberState::Admitted && m.info.role != Role::Doctor)
             .count();
-        others < MAX_ADMITTED - 1
+        others + n < MAX_ADMITTED
     }
 
     fn media_mid(&self, who: ParticipantId) -> MediaParticipantId {
@@ -286,6 +368,8 @@ impl Consultation {
                     id,
                     role: joiner.role,
                     label: joiner.label,
+                    principal: joiner.principal.to_string(),
+                    device: joiner.device,
                 },
                 principal: joiner.principal,
                 state: MemberState::Waiting,
@@ -451,10 +535,14 @@ impl Consultation {
             }
             MemberState::Waiting => self.push_waiting_room(),
         }
-        if self.members.is_empty() && self.media_open {
-            self.media_open = false;
-            self.out
-                .push_back(RoomOutput::Media(MediaCmd::Close(self.media_room)));
+        if self.members.is_empty() {
+            // Nobody holds the group's state any more: the next doctor starts afresh.
+            self.mls = None;
+            if self.media_open {
+                self.media_open = false;
+                self.out
+                    .push_back(RoomOutput::Media(MediaCmd::Close(self.media_room)));
+            }
         }
         Ok(())
     }
@@ -498,6 +586,7 @@ impl Consultation {
             self.out.push_back(RoomOutput::Close { who: id });
         }
         self.members.clear();
+        self.mls = None;
         // Close even if no one had media yet: the plane may have seen an offer.
         self.media_open = false;
         self.out
@@ -550,6 +639,162 @@ impl Consultation {
         Ok(())
     }
 
+    /// An MLS commit from `from`, ordered against the consultation's group.
+    ///
+    /// Accepted when it is a member's commit (PublicMessage from a member, or
+    /// PrivateMessage) for this consultation's group at its current epoch, or the
+    /// doctor's commit at epoch 0 of a new group (the doctor's device restarted: the
+    /// room follows the new group). With `add`, the doctor's commit also admits the
+    /// waiting participants it lists and delivers the Welcome to every one it lists.
+    /// Every check runs before anything changes: a refused commit is neither relayed
+    /// nor counted, and the epoch stays.
+    ///
+    /// Outputs on success: `mls_accepted` to the sender; `mls_commit` to every other
+    /// admitted participant not in `add`; for each waiting participant in `add` what
+    /// `admit` sends; then `mls_welcome` to each participant in `add`.
+    pub fn handle_mls_commit(
+        &mut self,
+        now: Timestamp,
+        from: ParticipantId,
+        c: MlsCommit,
+    ) -> Result<MlsAccepted, RoomError> {
+        self.handle_timeout(now);
+        if self.ended {
+            return Err(RoomError::Ended);
+        }
+        self.require_admitted(from)?;
+        let is_doctor = self.role_of(from) == Some(Role::Doctor);
+        let h = mls_frame::parse_message(&c.commit).map_err(|error| RoomError::BadMls {
+            what: "commit",
+            error,
+        })?;
+        if h.content_type != ContentType::Commit {
+            return Err(RoomError::InvalidMls("the message is not a commit"));
+        }
+        // Nobody joins except by the doctor's Add: an external commit (a joiner adding
+        // itself from a GroupInfo) or an external sender's proposal-commit is refused.
+        if h.sender.is_some_and(|s| !matches!(s, Sender::Member(_))) {
+            return Err(RoomError::InvalidMls(
+                "only members commit: external commits are refused",
+            ));
+        }
+        if !h
+            .group_id
+            .starts_with(group_id_prefix(self.appointment).as_bytes())
+        {
+            return Err(RoomError::WrongGroup(
+                "the group id does not belong to this consultation",
+            ));
+        }
+        let joining = self.check_mls_add(from, is_doctor, &c)?;
+        if !self.has_room_for(joining) {
+            return Err(RoomError::Full);
+        }
+        let epoch = match &self.mls {
+            Some(g) if g.group_id == h.group_id => {
+                if h.epoch != g.epoch {
+                    return Err(RoomError::StaleCommit {
+                        room: g.epoch,
+                        got: h.epoch,
+                    });
+                }
+                g.epoch.checked_add(1).ok_or(RoomError::StaleCommit {
+                    room: g.epoch,
+                    got: h.epoch,
+                })?
+            }
+            // A new group: the doctor's device lost its state (restart, new device).
+            _ if h.epoch == 0 && is_doctor => 1,
+            Some(_) => {
+                return Err(RoomError::WrongGroup(
+                    "the commit is for another group than the consultation's current one",
+                ));
+            }
+            None => {
+                return Err(RoomError::WrongGroup(
+                    "the consultation has no group yet; the doctor's device starts one at epoch 0",
+                ));
+            }
+        };
+        self.mls = Some(MlsGroup {
+            group_id: h.group_id.to_vec(),
+            epoch,
+        });
+
+        self.send(from, ServerMsg::MlsAccepted { epoch });
+        let commit = encode_b64(&c.commit);
+        for peer in self.admitted_peers(from) {
+            if !c.add.contains(&peer) {
+                self.send(
+                    peer,
+                    ServerMsg::MlsCommit {
+                        from,
+                        epoch,
+                        commit: commit.clone(),
+                    },
+                );
+            }
+        }
+        let mut admitted = Vec::new();
+        for &p in &c.add {
+            if self.state_of(p) == Some(MemberState::Waiting) {
+                self.admit_waiting(p);
+                admitted.push((p, self.role_of(p).unwrap_or(Role::Guest)));
+            }
+        }
+        if let Some(w) = &c.welcome {
+            let welcome = encode_b64(w);
+            for &p in &c.add {
+                self.send(
+                    p,
+                    ServerMsg::MlsWelcome {
+                        from,
+                        welcome: welcome.clone(),
+                    },
+                );
+            }
+        }
+        Ok(MlsAccepted { epoch, admitted })
+    }
+
+    /// The checks of an `mls_commit`'s `add` and `welcome`; returns how many waiting
+    /// participants it would admit.
+    fn check_mls_add(
+        &self,
+        from: ParticipantId,
+        is_doctor: bool,
+        c: &MlsCommit,
+    ) -> Result<usize, RoomError> {
+        if c.add.is_empty() {
+            return match c.welcome {
+                Some(_) => Err(RoomError::InvalidMls(
+                    "a welcome needs the participants it adds (add)",
+                )),
+                None => Ok(0),
+            };
+        }
+        if !is_doctor {
+            return Err(RoomError::NotDoctor);
+        }
+        let Some(welcome) = &c.welcome else {
+            return Err(RoomError::InvalidMls("add needs a welcome"));
+        };
+        mls_frame::check_welcome(welcome).map_err(|error| RoomError::BadMls {
+            what: "welcome",
+            error,
+        })?;
+        let mut joining = 0;
+        for &p in &c.add {
+            match self.state_of(p) {
+                _ if p == from => return Err(RoomError::UnknownParticipant),
+                Some(MemberState::Waiting) => joining += 1,
+                Some(MemberState::Admitted) => {}
+                None => return Err(RoomError::UnknownParticipant),
+            }
+        }
+        Ok(joining)
+    }
+
     /// Check before the edge stores a chat ciphertext.
     pub fn check_chat(&self, from: ParticipantId) -> Result<(), RoomError> {
         self.require_admitted(from)
@@ -599,6 +844,7 @@ mod tests {
             principal: Principal::Account(AccountId(id as i64 + 100)),
             role,
             label: format!("{role}"),
+            device: None,
         }
     }
 
@@ -770,6 +1016,7 @@ mod tests {
             principal: Principal::Guest(InviteId(1)),
             role: Role::Guest,
             label: "Guest".into(),
+            device: None,
         };
         assert!(r.handle_join(T0, guest).is_ok());
     }
@@ -826,6 +1073,7 @@ mod tests {
             principal: Principal::Account(AccountId(account_of as i64 + 100)),
             role: Role::Patient,
             label: "patient".into(),
+            device: None,
         }
     }
 
@@ -967,5 +1215,457 @@ mod tests {
             Ok(JoinOutcome::Joined)
         );
         assert_eq!(r.count(MemberState::Admitted), MAX_ADMITTED);
+    }
+
+    // ------------------------------------------------------------------ MLS
+
+    use crate::mls_frame::synth;
+
+    fn group(tag: &str) -> Vec<u8> {
+        format!("{}{tag}", group_id_prefix(AppointmentId(7))).into_bytes()
+    }
+
+    fn commit(g: &[u8], epoch: u64) -> MlsCommit {
+        MlsCommit {
+            commit: synth::private_message(g, epoch, ContentType::Commit, b"sealed"),
+            welcome: None,
+            add: vec![],
+        }
+    }
+
+    fn adding(g: &[u8], epoch: u64, add: &[u64]) -> MlsCommit {
+        MlsCommit {
+            welcome: Some(synth::welcome(b"secrets", b"group info")),
+            add: add.iter().map(|p| ParticipantId(*p)).collect(),
+            ..commit(g, epoch)
+        }
+    }
+
+    fn mls_msgs(out: &[RoomOutput]) -> Vec<(u64, ServerMsg)> {
+        out.iter()
+            .filter_map(|o| match o {
+                RoomOutput::Send { to, msg }
+                    if matches!(
+                        msg,
+                        ServerMsg::MlsAccepted { .. }
+                            | ServerMsg::MlsCommit { .. }
+                            | ServerMsg::MlsWelcome { .. }
+                    ) =>
+                {
+                    Some((to.0, msg.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Doctor 1, patient 2 and guest 3 admitted, the group started by the doctor and
+    /// at epoch 1.
+    fn group_of_three() -> Consultation {
+        let mut r = admitted_pair();
+        r.handle_join(T0, joiner(3, Role::Guest)).unwrap();
+        r.handle_admit(T0, ParticipantId(1), ParticipantId(3))
+            .unwrap();
+        r.handle_mls_commit(T0, ParticipantId(1), commit(&group("a"), 0))
+            .unwrap();
+        drain(&mut r);
+        r
+    }
+
+    #[test]
+    fn the_first_commit_of_an_epoch_wins_and_the_second_is_stale() {
+        let mut r = group_of_three();
+        let g = group("a");
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&g, 1)),
+            Ok(MlsAccepted {
+                epoch: 2,
+                admitted: vec![]
+            })
+        );
+        let out = drain(&mut r);
+        assert_eq!(
+            mls_msgs(&out),
+            vec![
+                (2, ServerMsg::MlsAccepted { epoch: 2 }),
+                (
+                    1,
+                    ServerMsg::MlsCommit {
+                        from: ParticipantId(2),
+                        epoch: 2,
+                        commit: encode_b64(&commit(&g, 1).commit)
+                    }
+                ),
+                (
+                    3,
+                    ServerMsg::MlsCommit {
+                        from: ParticipantId(2),
+                        epoch: 2,
+                        commit: encode_b64(&commit(&g, 1).commit)
+                    }
+                ),
+            ]
+        );
+        // The guest committed for epoch 1 at the same time: it lost the race.
+        let e = r
+            .handle_mls_commit(T0, ParticipantId(3), commit(&g, 1))
+            .unwrap_err();
+        assert_eq!(e, RoomError::StaleCommit { room: 2, got: 1 });
+        assert_eq!(e.code(), ErrorCode::StaleCommit);
+        assert!(e.message().contains("epoch 2") && e.message().contains("epoch 1"));
+        assert!(drain(&mut r).is_empty(), "a refused commit is not relayed");
+        assert_eq!(r.mls().map(|m| m.epoch), Some(2));
+    }
+
+    #[test]
+    fn old_and_future_epochs_are_refused() {
+        let mut r = group_of_three();
+        let g = group("a");
+        for epoch in [0, 2, u64::MAX] {
+            assert_eq!(
+                r.handle_mls_commit(T0, ParticipantId(2), commit(&g, epoch)),
+                Err(RoomError::StaleCommit {
+                    room: 1,
+                    got: epoch
+                })
+            );
+        }
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(r.mls().map(|m| m.epoch), Some(1));
+    }
+
+    #[test]
+    fn commits_for_another_group_are_refused() {
+        let mut r = group_of_three();
+        // Another consultation's group, even at the right epoch.
+        let other = b"confide/c/8/a".to_vec();
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(&other, 1)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        // A prefix that only looks alike.
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(b"confide/c/77/a", 1)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        // A second group of this consultation, from someone other than the doctor.
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&group("b"), 1)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(r.mls().map(|m| m.group_id.clone()), Some(group("a")));
+    }
+
+    #[test]
+    fn the_doctor_may_start_a_new_group_and_a_patient_may_not() {
+        let mut r = group_of_three();
+        // The patient cannot take the consultation over with a group of its own.
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&group("p"), 0)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        // The doctor's device restarted and made a new group: the room follows it.
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(&group("b"), 0))
+                .map(|a| a.epoch),
+            Ok(1)
+        );
+        drain(&mut r);
+        assert_eq!(
+            r.mls(),
+            Some(&MlsGroup {
+                group_id: group("b"),
+                epoch: 1
+            })
+        );
+        // Commits of the old group are now for the wrong group.
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&group("a"), 1)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        // A new group must start at epoch 0, also for the doctor.
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(&group("c"), 3)),
+            Err(RoomError::WrongGroup(_))
+        ));
+    }
+
+    #[test]
+    fn before_any_group_only_the_doctor_starts_one() {
+        let mut r = admitted_pair();
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&group("p"), 0)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(&group("a"), 4)),
+            Err(RoomError::WrongGroup(_))
+        ));
+        assert!(r.mls().is_none());
+        assert!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(&group("a"), 0))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn add_admits_and_delivers_the_welcome_after_admitted() {
+        let mut r = room();
+        r.handle_join(T0, joiner(1, Role::Doctor)).unwrap();
+        r.handle_join(T0, joiner(2, Role::Patient)).unwrap();
+        drain(&mut r);
+        let c = adding(&group("a"), 0, &[2]);
+        let welcome = encode_b64(c.welcome.as_deref().unwrap());
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(1), c),
+            Ok(MlsAccepted {
+                epoch: 1,
+                admitted: vec![(ParticipantId(2), Role::Patient)]
+            })
+        );
+        assert_eq!(r.state_of(ParticipantId(2)), Some(MemberState::Admitted));
+        let out = drain(&mut r);
+        let to_patient = sent_to(&out, 2);
+        assert!(
+            matches!(to_patient[0], ServerMsg::Admitted { .. }),
+            "{to_patient:?}"
+        );
+        assert_eq!(
+            to_patient[1],
+            ServerMsg::MlsWelcome {
+                from: ParticipantId(1),
+                welcome
+            }
+        );
+        assert_eq!(to_patient.len(), 2, "the added member gets no mls_commit");
+        let to_doctor = sent_to(&out, 1);
+        assert_eq!(to_doctor[0], ServerMsg::MlsAccepted { epoch: 1 });
+        assert!(
+            to_doctor
+                .iter()
+                .any(|m| matches!(m, ServerMsg::ParticipantJoined { .. }))
+        );
+        assert!(out.contains(&RoomOutput::Media(MediaCmd::Admitted(
+            MediaRoomId(1),
+            MediaParticipantId(2)
+        ))));
+    }
+
+    #[test]
+    fn add_of_an_admitted_member_only_delivers_the_welcome() {
+        // The doctor rejoined with a new group and adds everyone already in.
+        let mut r = group_of_three();
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(1), adding(&group("b"), 0, &[2, 3]))
+                .map(|a| a.admitted),
+            Ok(vec![])
+        );
+        let out = drain(&mut r);
+        for who in [2, 3] {
+            let m = sent_to(&out, who);
+            assert_eq!(m.len(), 1, "{m:?}");
+            assert!(matches!(m[0], ServerMsg::MlsWelcome { .. }));
+        }
+    }
+
+    #[test]
+    fn add_is_checked_before_anything_changes() {
+        let mut r = room();
+        r.handle_join(T0, joiner(1, Role::Doctor)).unwrap();
+        r.handle_join(T0, joiner(2, Role::Patient)).unwrap();
+        r.handle_join(T0, joiner(3, Role::Guest)).unwrap();
+        r.handle_admit(T0, ParticipantId(1), ParticipantId(3))
+            .unwrap();
+        drain(&mut r);
+        let g = group("a");
+        // Only the doctor adds.
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(3), adding(&g, 0, &[2])),
+            Err(RoomError::NotDoctor)
+        );
+        // Nobody by that id, or the doctor itself.
+        for who in [9, 1] {
+            assert_eq!(
+                r.handle_mls_commit(T0, ParticipantId(1), adding(&g, 0, &[2, who])),
+                Err(RoomError::UnknownParticipant)
+            );
+        }
+        // add without a welcome, a welcome without add, a welcome that is not one.
+        let mut c = adding(&g, 0, &[2]);
+        c.welcome = None;
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), c),
+            Err(RoomError::InvalidMls(_))
+        ));
+        let mut c = adding(&g, 0, &[]);
+        c.add.clear();
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), c),
+            Err(RoomError::InvalidMls(_))
+        ));
+        let mut c = adding(&g, 0, &[2]);
+        c.welcome = Some(synth::key_package(b"kp"));
+        assert!(matches!(
+            r.handle_mls_commit(T0, ParticipantId(1), c),
+            Err(RoomError::BadMls {
+                what: "welcome",
+                ..
+            })
+        ));
+        assert!(drain(&mut r).is_empty());
+        assert!(r.mls().is_none());
+        assert_eq!(r.state_of(ParticipantId(2)), Some(MemberState::Waiting));
+    }
+
+    #[test]
+    fn a_full_room_refuses_add_without_advancing_the_epoch() {
+        let mut r = full_room();
+        r.handle_mls_commit(T0, ParticipantId(1), commit(&group("a"), 0))
+            .unwrap();
+        r.handle_join(T0, joiner(30, Role::Guest)).unwrap();
+        drain(&mut r);
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(1), adding(&group("a"), 1, &[30])),
+            Err(RoomError::Full)
+        );
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(r.mls().map(|m| m.epoch), Some(1), "the epoch did not move");
+        assert_eq!(r.state_of(ParticipantId(30)), Some(MemberState::Waiting));
+        // The same commit without the add is fine.
+        assert!(
+            r.handle_mls_commit(T0, ParticipantId(1), commit(&group("a"), 1))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn malformed_or_unwanted_messages_are_refused() {
+        let mut r = group_of_three();
+        let g = group("a");
+        let refuse = |r: &mut Consultation, bytes: Vec<u8>| {
+            r.handle_mls_commit(
+                T0,
+                ParticipantId(2),
+                MlsCommit {
+                    commit: bytes,
+                    welcome: None,
+                    add: vec![],
+                },
+            )
+            .unwrap_err()
+        };
+        let good = commit(&g, 1).commit;
+        assert!(matches!(
+            refuse(&mut r, b"garbage".to_vec()),
+            RoomError::BadMls { .. }
+        ));
+        assert!(matches!(
+            refuse(&mut r, good[..good.len() - 1].to_vec()),
+            RoomError::BadMls { .. }
+        ));
+        assert!(matches!(
+            refuse(&mut r, synth::welcome(b"s", b"i")),
+            RoomError::BadMls { .. }
+        ));
+        // Application messages and proposals are not commits.
+        for ct in [ContentType::Application, ContentType::Proposal] {
+            assert!(matches!(
+                refuse(&mut r, synth::private_message(&g, 1, ct, b"x")),
+                RoomError::InvalidMls(_)
+            ));
+        }
+        // External commits: nobody joins except by the doctor's Add.
+        for sender in [
+            Sender::NewMemberCommit,
+            Sender::External(0),
+            Sender::NewMemberProposal,
+        ] {
+            let e = refuse(
+                &mut r,
+                synth::public_message(&g, 1, sender, ContentType::Commit, b"x"),
+            );
+            assert!(matches!(e, RoomError::InvalidMls(_)), "{sender:?}");
+            assert_eq!(e.code(), ErrorCode::InvalidMessage);
+        }
+        // A member's PublicMessage commit is fine.
+        assert!(
+            r.handle_mls_commit(
+                T0,
+                ParticipantId(2),
+                MlsCommit {
+                    commit: synth::public_message(
+                        &g,
+                        1,
+                        Sender::Member(1),
+                        ContentType::Commit,
+                        b"x"
+                    ),
+                    welcome: None,
+                    add: vec![]
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn waiting_participants_cannot_commit() {
+        let mut r = room();
+        r.handle_join(T0, joiner(1, Role::Doctor)).unwrap();
+        r.handle_join(T0, joiner(2, Role::Patient)).unwrap();
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&group("a"), 0)),
+            Err(RoomError::NotAdmitted)
+        );
+        assert_eq!(
+            r.handle_mls_commit(T0, ParticipantId(9), commit(&group("a"), 0)),
+            Err(RoomError::NotMember)
+        );
+    }
+
+    #[test]
+    fn the_group_resets_when_everyone_has_left() {
+        let mut r = group_of_three();
+        for p in [1, 2] {
+            r.handle_leave(T0, ParticipantId(p), LeaveReason::Left)
+                .unwrap();
+        }
+        assert!(r.mls().is_some(), "the guest still holds the group");
+        r.handle_leave(T0, ParticipantId(3), LeaveReason::Disconnected)
+            .unwrap();
+        assert!(r.mls().is_none());
+    }
+
+    #[test]
+    fn participants_carry_principal_and_device() {
+        let mut r = room();
+        let mut d = joiner(1, Role::Doctor);
+        d.device = DeviceId::parse("00112233445566778899aabbccddeeff");
+        r.handle_join(T0, d).unwrap();
+        r.handle_join(T0, joiner(2, Role::Patient)).unwrap();
+        let out = drain(&mut r);
+        let waiting = sent_to(&out, 1)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMsg::WaitingRoom { waiting } if !waiting.is_empty() => Some(waiting),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(waiting[0].principal, "account:102");
+        assert_eq!(waiting[0].device, None);
+        r.handle_admit(T0, ParticipantId(1), ParticipantId(2))
+            .unwrap();
+        let out = drain(&mut r);
+        match &sent_to(&out, 2)[0] {
+            ServerMsg::Admitted { participants, .. } => {
+                assert_eq!(participants[0].principal, "account:101");
+                assert_eq!(
+                    participants[0].device.as_ref().map(DeviceId::as_str),
+                    Some("00112233445566778899aabbccddeeff")
+                );
+            }
+            m => panic!("{m:?}"),
+        }
     }
 }

@@ -135,7 +135,11 @@ impl Participant {
     ) -> Result<Self, ConsultationError> {
         let mut sig = endpoint.connect(token).await?;
         let appt = AppointmentId(consultation);
-        sig.send(&ClientMsg::Join { consultation: appt }).await?;
+        sig.send(&ClientMsg::Join {
+            consultation: appt,
+            device: None,
+        })
+        .await?;
         let (you, admitted, peers) = sig
             .wait_for(STEP, "joined or waiting", |m| match m {
                 ServerMsg::Joined {

@@ -22,6 +22,7 @@ const KNOWN: &[&str] = &[
     "ice_candidate",
     "e2ee",
     "chat",
+    "mls_commit",
     "leave",
     "end",
     "ping",
@@ -98,13 +99,17 @@ fn bad_frame() -> impl Strategy<Value = String> {
             json!({"type": "e2ee", "blob": s}).to_string()
         }),
         "[!*#]{1,20}".prop_map(|s| json!({"type": "chat", "ciphertext": s}).to_string()),
+        "[A-Za-z0-9+/]{4,40}".prop_map(|s| {
+            let s = &s[..s.len() / 4 * 4];
+            json!({"type": "mls_commit", "commit": s}).to_string()
+        }),
         Just(json!({"type": "hello", "version": 1, "token": "again"}).to_string()),
         (65_537usize..70_000)
             .prop_map(|n| json!({"type": "media_offer", "sdp": "v".repeat(n)}).to_string()),
         (16_400usize..17_000).prop_map(|n| {
             json!({"type": "chat", "ciphertext": "QUFB".repeat(n / 3 + 1)}).to_string()
         }),
-        (131_073usize..140_000)
+        (196_609usize..200_000)
             .prop_map(|n| format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(n))),
         (200usize..5000).prop_map(|d| format!("{}{}", "[".repeat(d), "]".repeat(d))),
         (200usize..2000).prop_map(|d| format!(

@@ -20,12 +20,14 @@ use super::{ApiError, AppState, Ctx, check_token, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{SessionKind, hash_token};
 use crate::media::{MediaError, MediaEvent, MediaRoomId};
-use crate::model::{AppointmentId, AppointmentStatus, ParticipantId, Principal, Role, Timestamp};
+use crate::model::{
+    AppointmentId, AppointmentStatus, DeviceId, ParticipantId, Principal, Role, Timestamp,
+};
 use crate::proto::{
     ClientMsg, ErrorCode, LeaveReason, PROTOCOL_VERSION, ProtoError, ServerMsg, decode_b64,
     decode_client,
 };
-use crate::room::{Consultation, JoinOutcome, Joiner, RoomError, RoomOutput};
+use crate::room::{Consultation, JoinOutcome, Joiner, MlsCommit, RoomError, RoomOutput};
 use crate::store::NewChat;
 
 /// What a connection task is asked to write.
@@ -282,7 +284,10 @@ fn err(code: ErrorCode) -> ProtoError {
 
 impl From<RoomError> for ProtoError {
     fn from(e: RoomError) -> Self {
-        err(e.code())
+        ProtoError {
+            code: e.code(),
+            message: e.message(),
+        }
     }
 }
 
@@ -306,7 +311,10 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
             conn.send(ServerMsg::Pong { nonce });
             Ok(())
         }
-        ClientMsg::Join { consultation } => join(state, conn, consultation).await,
+        ClientMsg::Join {
+            consultation,
+            device,
+        } => join(state, conn, consultation, device).await,
         ClientMsg::Admit { participant } => {
             let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
             let res = with_room(state, appt, |r| r.handle_admit(t, conn.id, participant))
@@ -428,6 +436,54 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                 .unwrap_or(Err(RoomError::Ended))
                 .map_err(Into::into)
         }
+        ClientMsg::MlsCommit {
+            commit,
+            welcome,
+            add,
+        } => {
+            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            let limit = state.settings.limits.mls;
+            let c = MlsCommit {
+                commit: decode_b64(&commit, limit, "commit")?,
+                welcome: welcome
+                    .as_deref()
+                    .map(|w| decode_b64(w, limit, "welcome"))
+                    .transpose()?,
+                add,
+            };
+            let adds = !c.add.is_empty();
+            let add_list = c.add.clone();
+            let res = with_room(state, appt, |r| r.handle_mls_commit(t, conn.id, c))
+                .unwrap_or(Err(RoomError::Ended));
+            // Admissions by commit are audited as `admit` ones are; plain commits are
+            // not (one per epoch, and they say nothing about who is in).
+            match &res {
+                Ok(accepted) => {
+                    for (who, role) in &accepted.admitted {
+                        state
+                            .audit(
+                                conn.event(AuditAction::Admitted, Outcome::Success)
+                                    .target(*who)
+                                    .detail(format!("{appt} {role} mls")),
+                            )
+                            .await;
+                    }
+                }
+                Err(e) if adds => {
+                    for who in add_list {
+                        state
+                            .audit(
+                                conn.event(AuditAction::AdmitRefused, Outcome::Denied)
+                                    .target(who)
+                                    .detail(format!("{appt} {} mls", e.code().as_str())),
+                            )
+                            .await;
+                    }
+                }
+                Err(_) => {}
+            }
+            res.map(|_| ()).map_err(Into::into)
+        }
         ClientMsg::Chat { ciphertext } => {
             let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
             with_room(state, appt, |r| r.check_chat(conn.id)).unwrap_or(Err(RoomError::Ended))?;
@@ -534,7 +590,12 @@ async fn hello(
     Ok(())
 }
 
-async fn join(state: &AppState, conn: &mut Conn, id: AppointmentId) -> Result<(), ProtoError> {
+async fn join(
+    state: &AppState,
+    conn: &mut Conn,
+    id: AppointmentId,
+    device: Option<DeviceId>,
+) -> Result<(), ProtoError> {
     let refuse = |code: ErrorCode| {
         conn.event(AuditAction::JoinRefused, Outcome::Denied)
             .target(id)
@@ -594,12 +655,29 @@ async fn join(state: &AppState, conn: &mut Conn, id: AppointmentId) -> Result<()
             return Err(err(ErrorCode::ConsentRequired));
         }
     }
+    // The device others will fetch a KeyPackage for must be one of the joiner's own,
+    // logged and not revoked.
+    if let Some(d) = &device {
+        let found = state
+            .store
+            .device(&auth.principal.to_string(), d)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "device lookup failed");
+                err(ErrorCode::Internal)
+            })?;
+        if !found.is_some_and(|f| f.is_active()) {
+            state.audit(refuse(ErrorCode::UnknownDevice)).await;
+            return Err(err(ErrorCode::UnknownDevice));
+        }
+    }
 
     let joiner = Joiner {
         id: conn.id,
         principal: auth.principal.clone(),
         role: auth.role,
         label: auth.label.clone(),
+        device,
     };
     let closes_at = appointment.end().plus_secs(state.settings.join_grace_s);
     let hub = state.hub();
