@@ -601,6 +601,63 @@ mod tests {
     }
 
     #[test]
+    fn mls_commit_and_join_with_a_device_decode() {
+        assert_eq!(
+            dec(r#"{"type":"join","consultation":4,"device":"00112233445566778899aabbccddeeff"}"#),
+            Ok(ClientMsg::Join {
+                consultation: AppointmentId(4),
+                device: DeviceId::parse("00112233445566778899aabbccddeeff"),
+            })
+        );
+        for bad in ["0011", "00112233445566778899AABBCCDDEEFF", ""] {
+            assert_eq!(
+                dec(&format!(
+                    r#"{{"type":"join","consultation":4,"device":"{bad}"}}"#
+                )),
+                Err(ErrorCode::InvalidMessage),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            dec(r#"{"type":"mls_commit","commit":"AAEC","welcome":"AAED","add":[3,4]}"#),
+            Ok(ClientMsg::MlsCommit {
+                commit: "AAEC".into(),
+                welcome: Some("AAED".into()),
+                add: vec![ParticipantId(3), ParticipantId(4)],
+            })
+        );
+        assert_eq!(
+            dec(r#"{"type":"mls_commit","commit":"AAEC","add":[3,3]}"#),
+            Err(ErrorCode::InvalidMessage)
+        );
+        assert_eq!(
+            dec(r#"{"type":"mls_commit","commit":""}"#),
+            Err(ErrorCode::InvalidMessage)
+        );
+        let l = Limits::default();
+        let big = encode_b64(&vec![1u8; l.mls + 1]);
+        assert_eq!(
+            dec(&format!(r#"{{"type":"mls_commit","commit":"{big}"}}"#)),
+            Err(ErrorCode::TooLarge)
+        );
+        let ok = encode_b64(&vec![1u8; l.mls]);
+        assert!(
+            dec(&format!(
+                r#"{{"type":"mls_commit","commit":"{ok}","welcome":"{ok}","add":[1]}}"#
+            ))
+            .is_ok(),
+            "a largest commit and Welcome fit in one frame"
+        );
+        let many: Vec<u64> = (0..=MAX_MLS_ADD as u64).collect();
+        assert_eq!(
+            dec(&format!(
+                r#"{{"type":"mls_commit","commit":"AAEC","add":{many:?}}}"#
+            )),
+            Err(ErrorCode::TooLarge)
+        );
+    }
+
+    #[test]
     fn server_messages_are_tagged() {
         let m = ServerMsg::error(ErrorCode::Forbidden);
         let s = serde_json::to_string(&m).unwrap();
