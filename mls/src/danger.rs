@@ -2,14 +2,13 @@
 //! what a malicious member or server would send. Built only with the
 //! `danger-test-hooks` feature, which no shipped binary enables.
 
-use openmls::prelude::*;
-use openmls_basic_credential::SignatureKeyPair;
-use tls_codec::Serialize as _;
+use zeroize::Zeroizing;
 
-use crate::device::{CIPHERSUITE, ClaimedKeyPackage, Device};
-use crate::error::{Error, Result};
+use crate::device::{ClaimedKeyPackage, Device, client, key_package_message, random};
+use crate::error::Result;
 use crate::group::{Commit, ConsultationGroup};
 use crate::identity::DeviceName;
+use crate::storage::Store;
 
 /// Commit an Add from any member, skipping the local owner check.
 pub fn commit_add_as_any_member(
@@ -27,16 +26,17 @@ pub fn key_package_claiming(
     name: &DeviceName,
     claimed_key: &[u8; 32],
 ) -> Result<Vec<u8>> {
-    let credential = CredentialWithKey {
-        credential: BasicCredential::new(name.credential_identity()).into(),
-        signature_key: claimed_key.to_vec().into(),
-    };
-    let bundle = KeyPackage::builder()
-        .build(CIPHERSUITE, &device.provider, &device.signer, credential)
-        .map_err(Error::internal)?;
-    MlsMessageOut::from(bundle.key_package().clone())
-        .tls_serialize_detached()
-        .map_err(Error::internal)
+    // A throwaway client with its own storage: the credential names `name` and
+    // `claimed_key`, the signatures are made with `device`'s secret.
+    let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+        device
+            .secret_key()
+            .as_slice()
+            .try_into()
+            .map_err(|_| crate::Error::Internal("device secret is not 32 bytes".into()))?,
+    );
+    let forger = client(name, claimed_key, &secret, Store::default());
+    key_package_message(&forger, false)
 }
 
 /// A group of the ghost's own under a chosen group id (to forge commits and Welcomes
@@ -49,7 +49,8 @@ pub fn group_with_id(
     ConsultationGroup::create_with_id(device, consultation, group_id)
 }
 
-/// A fresh Ed25519 signer (a ghost's own key).
-pub fn fresh_signer() -> Result<SignatureKeyPair> {
-    SignatureKeyPair::new(SignatureScheme::ED25519).map_err(Error::internal)
+/// A fresh Ed25519 secret key (a ghost's own key): 32 random bytes, the form
+/// [`Device::restore`] takes.
+pub fn fresh_signer() -> Result<Zeroizing<[u8; 32]>> {
+    Ok(Zeroizing::new(random()?))
 }

@@ -1,23 +1,44 @@
 //! This device: its long-lived Ed25519 signature key (the MLS credential), the KeyPackages
 //! it publishes, and the MLS state it keeps between sessions.
 
-use openmls::prelude::*;
-use openmls_basic_credential::SignatureKeyPair;
-use openmls_rust_crypto::OpenMlsRustCrypto;
-use openmls_traits::OpenMlsProvider;
-use openmls_traits::random::OpenMlsRand;
-use tls_codec::{Deserialize as _, Serialize as _};
+use mls_rs::client_builder::{
+    BaseConfig, WithCryptoProvider, WithGroupStateStorage, WithIdentityProvider,
+    WithKeyPackageRepo, WithMlsRules,
+};
+use mls_rs::crypto::{SignaturePublicKey, SignatureSecretKey};
+use mls_rs::extension::MlsCodecExtension as _;
+use mls_rs::extension::recommended::LastResortKeyPackageExt;
+use mls_rs::external_client::ExternalClient;
+use mls_rs::identity::SigningIdentity;
+use mls_rs::identity::basic::BasicCredential;
+use mls_rs::mls_rs_codec::MlsDecode as _;
+use mls_rs::{CipherSuite, Client, CryptoProvider, ExtensionList, MlsMessage};
+use mls_rs_crypto_rustcrypto::RustCryptoProvider;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::identity::{DeviceId, DeviceName, Member, Principal};
+use crate::policy::{ConfideIdentity, ConfideRules};
+use crate::storage::Store;
 
-/// The one ciphersuite Confide uses: X25519, ChaCha20-Poly1305, SHA-256, Ed25519 (0x0003).
-pub const CIPHERSUITE: Ciphersuite =
-    Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+/// The one ciphersuite Confide uses: X25519, ChaCha20-Poly1305, SHA-256, Ed25519
+/// (`MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`, 0x0003).
+pub const CIPHERSUITE: u16 = 0x0003;
+pub(crate) const SUITE: CipherSuite = CipherSuite::CURVE25519_CHACHA;
 /// Largest KeyPackage we parse (ours are about 300 bytes).
 pub const MAX_KEY_PACKAGE_LEN: usize = 16 * 1024;
-const STATE_VERSION: u8 = 1;
+
+/// The MLS client configuration every Confide device uses.
+pub(crate) type Config = WithMlsRules<
+    ConfideRules,
+    WithIdentityProvider<
+        ConfideIdentity,
+        WithCryptoProvider<
+            RustCryptoProvider,
+            WithGroupStateStorage<Store, WithKeyPackageRepo<Store, BaseConfig>>,
+        >,
+    >,
+>;
 
 /// One device's MLS identity and state.
 ///
@@ -27,11 +48,11 @@ const STATE_VERSION: u8 = 1;
 /// the browser, a file in the native client) and passes back to [`Device::restore`]:
 /// without it, a Welcome made for a KeyPackage published earlier cannot be opened.
 pub struct Device {
-    pub(crate) provider: OpenMlsRustCrypto,
-    pub(crate) signer: SignatureKeyPair,
+    pub(crate) client: Client<Config>,
+    pub(crate) store: Store,
     secret: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
     name: DeviceName,
-    pub(crate) credential: CredentialWithKey,
 }
 
 impl std::fmt::Debug for Device {
@@ -42,18 +63,58 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// `N` bytes from the platform RNG (`crypto.getRandomValues` in the browser), through
+/// the MLS crypto provider.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
+    let cs = RustCryptoProvider::default()
+        .cipher_suite_provider(SUITE)
+        .ok_or_else(|| Error::Internal("ciphersuite unsupported".into()))?;
+    let mut out = [0u8; N];
+    cs.random_bytes(&mut out).map_err(Error::internal)?;
+    Ok(out)
+}
+
+/// An MLS client for `name` with signature key `public`, signing with `secret` (the
+/// 32-byte Ed25519 seed), storing into `store`. The test hooks use a `secret` that does
+/// not match `public` to forge KeyPackages.
+pub(crate) fn client(
+    name: &DeviceName,
+    public: &[u8; 32],
+    secret: &[u8; 32],
+    store: Store,
+) -> Client<Config> {
+    // The crypto provider takes Ed25519 secret keys as seed || public key.
+    let signer_public = ed25519_public(secret);
+    let mut keypair = Zeroizing::new(Vec::with_capacity(64));
+    keypair.extend_from_slice(secret);
+    keypair.extend_from_slice(&signer_public);
+    let signer = SignatureSecretKey::new(keypair.to_vec());
+    let identity = SigningIdentity::new(
+        BasicCredential::new(name.credential_identity()).into_credential(),
+        SignaturePublicKey::new(public.to_vec()),
+    );
+    Client::builder()
+        .key_package_repo(store.clone())
+        .group_state_storage(store)
+        .crypto_provider(RustCryptoProvider::default())
+        .identity_provider(ConfideIdentity)
+        .mls_rules(ConfideRules)
+        .extension_type(LastResortKeyPackageExt::extension_type())
+        .signing_identity(identity, signer, SUITE)
+        .build()
+}
+
 impl Device {
     /// A new device for `principal` with a fresh random device id and signature key.
     pub fn generate(principal: Principal) -> Result<Self> {
-        let provider = OpenMlsRustCrypto::default();
-        let id: [u8; 16] = provider.rand().random_array().map_err(Error::internal)?;
-        let secret = Zeroizing::new(
-            provider
-                .rand()
-                .random_array::<32>()
-                .map_err(Error::internal)?,
-        );
-        Self::assemble(provider, secret, principal, DeviceId::from_bytes(id))
+        let id: [u8; 16] = random()?;
+        let secret = Zeroizing::new(random::<32>()?);
+        Ok(Self::assemble(
+            Store::default(),
+            secret,
+            principal,
+            DeviceId::from_bytes(id),
+        ))
     }
 
     /// Restore a device from its secret signature key and the state it exported.
@@ -68,34 +129,30 @@ impl Device {
                 .try_into()
                 .map_err(|_| Error::InvalidArgument("device secret must be 32 bytes"))?,
         );
-        let provider = OpenMlsRustCrypto::default();
-        if !state.is_empty() {
-            import_state(&provider, state)?;
-        }
-        Self::assemble(provider, secret, principal, device)
+        let store = if state.is_empty() {
+            Store::default()
+        } else {
+            Store::import(state)?
+        };
+        Ok(Self::assemble(store, secret, principal, device))
     }
 
     fn assemble(
-        provider: OpenMlsRustCrypto,
+        store: Store,
         secret: Zeroizing<[u8; 32]>,
         principal: Principal,
         device: DeviceId,
-    ) -> Result<Self> {
+    ) -> Self {
         let public = ed25519_public(&secret);
-        let signer =
-            SignatureKeyPair::from_raw(SignatureScheme::ED25519, secret.to_vec(), public.to_vec());
         let name = DeviceName { principal, device };
-        let credential = CredentialWithKey {
-            credential: BasicCredential::new(name.credential_identity()).into(),
-            signature_key: signer.to_public_vec().into(),
-        };
-        Ok(Self {
-            provider,
-            signer,
+        let client = client(&name, &public, &secret, store.clone());
+        Self {
+            client,
+            store,
             secret,
+            public,
             name,
-            credential,
-        })
+        }
     }
 
     /// Who this device is.
@@ -107,9 +164,7 @@ impl Device {
     /// The Ed25519 public key (what the key directory registers).
     #[must_use]
     pub fn signature_key(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(self.signer.public());
-        out
+        self.public
     }
 
     /// The 32-byte secret signature key, for this device's own protected storage only.
@@ -130,91 +185,48 @@ impl Device {
     }
 
     fn key_package(&self, last_resort: bool) -> Result<Vec<u8>> {
-        // The last-resort extension must be listed in the leaf's capabilities, or the
-        // KeyPackage fails validation (RFC 9420 section 10.1).
-        let capabilities =
-            Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None);
-        let mut b = KeyPackage::builder().leaf_node_capabilities(capabilities);
-        if last_resort {
-            b = b.mark_as_last_resort();
-        }
-        let bundle = b
-            .build(
-                CIPHERSUITE,
-                &self.provider,
-                &self.signer,
-                self.credential.clone(),
-            )
-            .map_err(Error::internal)?;
-        MlsMessageOut::from(bundle.key_package().clone())
-            .tls_serialize_detached()
-            .map_err(Error::internal)
+        key_package_message(&self.client, last_resort)
     }
 
     /// Everything MLS keeps for this device (KeyPackage private keys, group state), to
     /// persist under the device's protection. Contains secrets: never send it anywhere.
     #[must_use]
     pub fn export_state(&self) -> Zeroizing<Vec<u8>> {
-        let values = match self.provider.storage().values.read() {
-            Ok(v) => v,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut entries: Vec<_> = values.iter().collect();
-        // Sorted so two exports of the same state are byte-identical.
-        entries.sort();
-        let mut out = Zeroizing::new(Vec::new());
-        out.push(STATE_VERSION);
-        out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-        for (k, v) in entries {
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(v);
-        }
-        out
-    }
-
-    pub(crate) fn storage(&self) -> &openmls_rust_crypto::MemoryStorage {
-        self.provider.storage()
+        self.store.export()
     }
 }
 
+/// A KeyPackage message of `client`. Its private keys go to the client's KeyPackage
+/// storage. A last-resort one carries the last_resort extension (RFC 9420 section
+/// 17.3): joining from it keeps its private keys, so it opens any number of Welcomes;
+/// a one-time one is deleted from the storage when a join from it is stored.
+pub(crate) fn key_package_message(client: &Client<Config>, last_resort: bool) -> Result<Vec<u8>> {
+    let mut extensions = ExtensionList::new();
+    if last_resort {
+        extensions
+            .set_from(LastResortKeyPackageExt)
+            .map_err(Error::internal)?;
+    }
+    client
+        .generate_key_package_message(extensions, ExtensionList::new(), None)
+        .map_err(Error::internal)?
+        .to_bytes()
+        .map_err(Error::internal)
+}
+
 fn ed25519_public(secret: &[u8; 32]) -> [u8; 32] {
-    // The same computation openmls_basic_credential does on generation; done through
-    // confide-e2ee's identity type so only one Ed25519 implementation is trusted here.
+    // Done through confide-e2ee's identity type so the public key this crate publishes
+    // is the one confide-e2ee computes; the MLS provider checks the pair when signing.
     confide_e2ee::IdentityKeyPair::from_secret_bytes(secret)
         .public_key()
         .to_bytes()
 }
 
-fn import_state(provider: &OpenMlsRustCrypto, state: &[u8]) -> Result<()> {
-    let bad = || Error::InvalidArgument("device state is corrupt");
-    let mut r = state;
-    let mut take = |n: usize| -> Result<&[u8]> {
-        if r.len() < n {
-            return Err(bad());
-        }
-        let (a, b) = r.split_at(n);
-        r = b;
-        Ok(a)
-    };
-    if take(1)?[0] != STATE_VERSION {
-        return Err(bad());
-    }
-    let u32_at = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    let count = u32_at(take(4)?);
-    let mut values = match provider.storage().values.write() {
-        Ok(v) => v,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    for _ in 0..count {
-        let kl = u32_at(take(4)?);
-        let k = take(kl)?.to_vec();
-        let vl = u32_at(take(4)?);
-        let v = take(vl)?.to_vec();
-        values.insert(k, v);
-    }
-    Ok(())
+/// Decode exactly one MLSMessage (no trailing bytes).
+pub(crate) fn decode_message(bytes: &[u8]) -> Option<MlsMessage> {
+    let mut r = bytes;
+    let m = MlsMessage::mls_decode(&mut r).ok()?;
+    r.is_empty().then_some(m)
 }
 
 /// A KeyPackage fetched from the directory, verified (signature, ciphersuite, lifetime)
@@ -223,7 +235,7 @@ fn import_state(provider: &OpenMlsRustCrypto, state: &[u8]) -> Result<()> {
 /// adding it.
 #[derive(Debug)]
 pub struct ClaimedKeyPackage {
-    pub(crate) key_package: KeyPackage,
+    pub(crate) key_package: MlsMessage,
     name: DeviceName,
     signature_key: [u8; 32],
 }
@@ -231,25 +243,35 @@ pub struct ClaimedKeyPackage {
 impl ClaimedKeyPackage {
     /// Parse and verify a KeyPackage (an MLSMessage of type key_package).
     pub fn parse(device: &Device, bytes: &[u8]) -> Result<Self> {
+        let _ = device;
         if bytes.len() > MAX_KEY_PACKAGE_LEN {
             return Err(Error::Malformed("key package too large".into()));
         }
-        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|_| Error::Malformed("key package framing".into()))?;
-        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+        let msg =
+            decode_message(bytes).ok_or_else(|| Error::Malformed("key package framing".into()))?;
+        let Some(kp) = msg.as_key_package() else {
             return Err(Error::Malformed("not a key package".into()));
         };
-        let kp = kp
-            .validate(device.provider.crypto(), ProtocolVersion::Mls10)
-            .map_err(Error::refused)?;
-        if kp.ciphersuite() != CIPHERSUITE {
+        if kp.cipher_suite() != SUITE {
             return Err(Error::Refused("key package ciphersuite".into()));
         }
-        let leaf = kp.leaf_node();
-        let (name, signature_key) =
-            member_identity(leaf.credential(), leaf.signature_key().as_slice())?;
+        // Signatures (KeyPackage and leaf node), lifetime, capabilities, the init key,
+        // and the credential through the identity provider.
+        let validator = ExternalClient::builder()
+            .crypto_provider(RustCryptoProvider::default())
+            .identity_provider(ConfideIdentity)
+            .build();
+        let key_package = msg.clone();
+        let kp =
+            validator.validate_key_package(msg, None).map_err(
+                |e| match crate::group::policy_error(&e) {
+                    Some(_) => Error::Malformed(crate::policy::NOT_CONFIDE.into()),
+                    None => Error::refused(e),
+                },
+            )?;
+        let (name, signature_key) = member_identity(kp.signing_identity())?;
         Ok(Self {
-            key_package: kp,
+            key_package,
             name,
             signature_key,
         })
@@ -268,24 +290,26 @@ impl ClaimedKeyPackage {
     }
 }
 
-/// Parse a credential and signature key into a Confide device name and a 32-byte key.
-pub(crate) fn member_identity(
-    credential: &Credential,
-    key: &[u8],
-) -> Result<(DeviceName, [u8; 32])> {
-    let basic = BasicCredential::try_from(credential.clone())
-        .map_err(|_| Error::Malformed("not a basic credential".into()))?;
-    let name = DeviceName::from_credential_identity(basic.identity())?;
-    let key: [u8; 32] = key
+/// Parse a signing identity (credential and signature key) into a Confide device name
+/// and a 32-byte key.
+pub(crate) fn member_identity(identity: &SigningIdentity) -> Result<(DeviceName, [u8; 32])> {
+    let basic = identity
+        .credential
+        .as_basic()
+        .ok_or_else(|| Error::Malformed("not a basic credential".into()))?;
+    let name = DeviceName::from_credential_identity(&basic.identifier)?;
+    let key: [u8; 32] = identity
+        .signature_key
+        .as_bytes()
         .try_into()
         .map_err(|_| Error::Malformed("signature key is not Ed25519".into()))?;
     Ok((name, key))
 }
 
-pub(crate) fn to_member(m: &openmls::group::Member) -> Result<Member> {
-    let (name, signature_key) = member_identity(&m.credential, &m.signature_key)?;
+pub(crate) fn to_member(m: &mls_rs::group::Member) -> Result<Member> {
+    let (name, signature_key) = member_identity(&m.signing_identity)?;
     Ok(Member {
-        leaf: m.index.u32(),
+        leaf: m.index,
         name,
         signature_key,
     })

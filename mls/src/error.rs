@@ -54,8 +54,7 @@ impl Error {
     }
 
     pub(crate) fn refused(e: impl std::fmt::Debug) -> Self {
-        // openmls error Display texts are terse; Debug names the failed check. Neither
-        // carries key material.
+        // Debug names the failed check; neither it nor Display carries key material.
         let mut s = format!("{e:?}");
         s.truncate(200);
         Self::Refused(s)

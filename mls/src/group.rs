@@ -3,22 +3,24 @@
 //! self-update. The server orders commits (first valid one per epoch wins) but cannot
 //! add anyone: an Add is a commit signed by a member.
 
-use openmls::prelude::*;
-use tls_codec::{Deserialize as _, Serialize as _};
+use mls_rs::error::MlsError;
+use mls_rs::group::{CommitEffect, CommitMessageDescription, ContentType, ReceivedMessage};
+use mls_rs::{Group, MlsMessage, MlsMessageDescription};
 
 use confide_e2ee::group_media::{EpochSecret, MLS_EXPORTER_LABEL};
 
-use crate::device::{ClaimedKeyPackage, Device, member_identity, to_member};
+use crate::device::{
+    ClaimedKeyPackage, Config, Device, decode_message, member_identity, to_member,
+};
 use crate::error::{Error, Result};
 use crate::identity::{Member, Principal};
+use crate::policy::{NOT_CONFIDE, OWNER_LEAF, PolicyError, membership_changes};
 
 /// Largest handshake or application message we parse.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Bytes of the SFrame base key exported per epoch (the AEAD key size of the
 /// ChaCha20-Poly1305 SFrame suite, `AEAD.Nk` of RFC 9605 section 5.2).
 pub const BASE_KEY_LEN: usize = 32;
-/// Past epochs whose application messages (chat) still open after a commit.
-const MAX_PAST_EPOCHS: usize = 2;
 
 /// The prefix every consultation group id starts with; the server refuses commits for
 /// group ids of other consultations, and clients refuse such Welcomes.
@@ -66,8 +68,11 @@ pub enum Incoming {
 }
 
 /// A consultation's MLS group as seen by one device.
+///
+/// Past epochs whose application messages (chat) still open after a commit: see
+/// `storage::MAX_PAST_EPOCHS`.
 pub struct ConsultationGroup {
-    group: MlsGroup,
+    group: Group<Config>,
     consultation: String,
     owner: u32,
 }
@@ -82,28 +87,28 @@ impl std::fmt::Debug for ConsultationGroup {
     }
 }
 
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(crate::device::CIPHERSUITE)
-        // The Welcome carries the tree: no separate tree delivery by the server.
-        .use_ratchet_tree_extension(true)
-        // Handshakes encrypted too: the server sees group id, epoch and content type
-        // only (what it needs to order commits), not who adds whom.
-        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
+fn serialize(m: &MlsMessage) -> Result<Vec<u8>> {
+    m.to_bytes().map_err(Error::internal)
 }
 
-fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
+/// The policy's refusal if the library error carries one.
+pub(crate) fn policy_error(e: &MlsError) -> Option<&'static str> {
+    let any = match e {
+        MlsError::MlsRulesError(any) | MlsError::IdentityProviderError(any) => any,
+        _ => return None,
+    };
+    any.inner_dyn_error()
+        .downcast_ref::<PolicyError>()
+        .map(|p| p.0)
 }
 
-fn serialize(m: &MlsMessageOut) -> Result<Vec<u8>> {
-    m.tls_serialize_detached().map_err(Error::internal)
+/// Map a library error on peer input: policy refusals to [`Error::Policy`], the rest to
+/// [`Error::Refused`].
+fn from_peer(e: MlsError) -> Error {
+    match policy_error(&e) {
+        Some(p) => Error::Policy(p),
+        None => Error::refused(e),
+    }
 }
 
 impl ConsultationGroup {
@@ -112,13 +117,7 @@ impl ConsultationGroup {
         if consultation.is_empty() || consultation.contains('/') || consultation.len() > 64 {
             return Err(Error::InvalidArgument("consultation id"));
         }
-        use openmls_traits::OpenMlsProvider as _;
-        use openmls_traits::random::OpenMlsRand as _;
-        let nonce: [u8; 16] = device
-            .provider
-            .rand()
-            .random_array()
-            .map_err(Error::internal)?;
+        let nonce: [u8; 16] = crate::device::random()?;
         // A fresh suffix per group: a doctor who reloads the page starts a new group,
         // and nothing of the old one can be replayed into it.
         let id = format!("{}{}", group_id_prefix(consultation), hex::encode(nonce));
@@ -126,20 +125,28 @@ impl ConsultationGroup {
     }
 
     pub(crate) fn create_with_id(device: &Device, consultation: &str, id: &[u8]) -> Result<Self> {
-        let group = MlsGroup::new_with_group_id(
-            &device.provider,
-            &device.signer,
-            &create_config(),
-            GroupId::from_slice(id),
-            device.credential.clone(),
-        )
-        .map_err(Error::internal)?;
-        let owner = group.own_leaf_index().u32();
-        Ok(Self {
+        let group = device
+            .client
+            .create_group_with_id(
+                id.to_vec(),
+                mls_rs::ExtensionList::new(),
+                mls_rs::ExtensionList::new(),
+                None,
+            )
+            .map_err(Error::internal)?;
+        let mut g = Self {
             group,
             consultation: consultation.to_owned(),
-            owner,
-        })
+            owner: OWNER_LEAF,
+        };
+        g.store()?;
+        Ok(g)
+    }
+
+    /// Persist the group's state into the device's storage (what
+    /// [`Device::export_state`] returns).
+    fn store(&mut self) -> Result<()> {
+        self.group.write_to_storage().map_err(Error::internal)
     }
 
     /// Join from a Welcome. Refused unless the group belongs to `consultation` and the
@@ -153,47 +160,58 @@ impl ConsultationGroup {
         if welcome.len() > MAX_MESSAGE_LEN {
             return Err(Error::Malformed("welcome too large".into()));
         }
-        let msg = MlsMessageIn::tls_deserialize_exact(welcome)
-            .map_err(|_| Error::Malformed("welcome framing".into()))?;
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+        let msg =
+            decode_message(welcome).ok_or_else(|| Error::Malformed("welcome framing".into()))?;
+        if !matches!(msg.description(), MlsMessageDescription::Welcome { .. }) {
             return Err(Error::Malformed("not a welcome".into()));
-        };
-        let staged =
-            StagedWelcome::new_from_welcome(&device.provider, &join_config(), welcome, None)
-                .map_err(Error::refused)?;
+        }
+        // Nothing is stored (and a one-time KeyPackage is not consumed) until the
+        // checks below pass. The identity provider has already refused any member
+        // without a Confide credential.
+        let (group, info) =
+            device
+                .client
+                .join_group(None, &msg, None)
+                .map_err(|e| match policy_error(&e) {
+                    Some(NOT_CONFIDE) => Error::Malformed(NOT_CONFIDE.into()),
+                    Some(p) => Error::Policy(p),
+                    None => Error::refused(e),
+                })?;
         let prefix = group_id_prefix(consultation);
-        if !staged
-            .group_context()
-            .group_id()
-            .as_slice()
-            .starts_with(prefix.as_bytes())
-        {
+        if !group.group_id().starts_with(prefix.as_bytes()) {
             return Err(Error::WrongGroup(
                 "the group belongs to another consultation",
             ));
         }
-        let sender = staged.welcome_sender().map_err(Error::internal)?;
-        let (sender_name, _) =
-            member_identity(sender.credential(), sender.signature_key().as_slice())?;
+        // The owner is leaf 0: the creator, whom the policy never lets anyone remove,
+        // and the only member allowed to add. So an honest Welcome is signed by leaf 0
+        // (the GroupInfo's signer), and leaf 0 is a device of the consultation's doctor.
+        if info.sender != OWNER_LEAF {
+            return Err(Error::WrongGroup(
+                "welcome not made by the consultation's doctor",
+            ));
+        }
+        let sender = group.member_at_index(OWNER_LEAF).ok_or(Error::WrongGroup(
+            "welcome not made by the consultation's doctor",
+        ))?;
+        let (sender_name, _) = member_identity(&sender.signing_identity)?;
         if &sender_name.principal != owner {
             return Err(Error::WrongGroup(
                 "welcome not made by the consultation's doctor",
             ));
         }
-        let owner_leaf = staged.welcome_sender_index().u32();
         // Every member must carry a Confide credential; a group with anything else in it
         // was not built by a Confide client.
-        for m in staged.members() {
+        for m in group.roster().members_iter() {
             to_member(&m)?;
         }
-        let group = staged
-            .into_group(&device.provider)
-            .map_err(Error::refused)?;
-        Ok(Self {
+        let mut g = Self {
             group,
             consultation: consultation.to_owned(),
-            owner: owner_leaf,
-        })
+            owner: OWNER_LEAF,
+        };
+        g.store()?;
+        Ok(g)
     }
 
     /// The consultation this group belongs to.
@@ -205,19 +223,19 @@ impl ConsultationGroup {
     /// The group id bytes.
     #[must_use]
     pub fn group_id(&self) -> &[u8] {
-        self.group.group_id().as_slice()
+        self.group.group_id()
     }
 
     /// The current epoch.
     #[must_use]
     pub fn epoch(&self) -> u64 {
-        self.group.epoch().as_u64()
+        self.group.current_epoch()
     }
 
     /// Our leaf index (our SFrame sender index).
     #[must_use]
     pub fn own_leaf(&self) -> u32 {
-        self.group.own_leaf_index().u32()
+        self.group.current_member_index()
     }
 
     /// The owner's (doctor's) leaf index.
@@ -243,7 +261,8 @@ impl ConsultationGroup {
     pub fn roster(&self) -> Vec<Member> {
         // Every member was checked to carry a Confide credential when it was added.
         self.group
-            .members()
+            .roster()
+            .members_iter()
             .filter_map(|m| to_member(&m).ok())
             .collect()
     }
@@ -251,22 +270,19 @@ impl ConsultationGroup {
     /// The member at `leaf`, if any.
     #[must_use]
     pub fn member(&self, leaf: u32) -> Option<Member> {
-        self.roster().into_iter().find(|m| m.leaf == leaf)
+        self.group
+            .member_at_index(leaf)
+            .and_then(|m| to_member(&m).ok())
     }
 
     /// The SFrame base key of the current epoch (RFC 9605 section 5.2).
     pub fn epoch_secret(&self, device: &Device) -> Result<EpochSecret> {
-        use openmls_traits::OpenMlsProvider as _;
+        let _ = device;
         let key = self
             .group
-            .export_secret(
-                device.provider.crypto(),
-                MLS_EXPORTER_LABEL,
-                &[],
-                BASE_KEY_LEN,
-            )
+            .export_secret(MLS_EXPORTER_LABEL.as_bytes(), &[], BASE_KEY_LEN)
             .map_err(Error::internal)?;
-        EpochSecret::new(self.epoch(), key)
+        EpochSecret::new(self.epoch(), key.as_bytes().to_vec())
             .map_err(|_| Error::Internal("empty exporter output".into()))
     }
 
@@ -286,22 +302,31 @@ impl ConsultationGroup {
         device: &Device,
         key_packages: &[ClaimedKeyPackage],
     ) -> Result<Commit> {
+        let _ = device;
         if key_packages.is_empty() {
             return Err(Error::InvalidArgument("nothing to add"));
         }
-        let kps: Vec<KeyPackage> = key_packages.iter().map(|k| k.key_package.clone()).collect();
-        let (commit, welcome, _) = self
-            .group
-            .add_members(&device.provider, &device.signer, &kps)
-            .map_err(Error::refused)?;
+        let mut b = self.group.commit_builder();
+        for k in key_packages {
+            b = b
+                .add_member(k.key_package.clone())
+                .map_err(Error::refused)?;
+        }
+        let out = b.build().map_err(Error::refused)?;
+        self.store()?;
+        let welcome = out
+            .welcome_messages
+            .first()
+            .ok_or_else(|| Error::Internal("no welcome".into()))?;
         Ok(Commit {
-            commit: serialize(&commit)?,
-            welcome: Some(serialize(&welcome)?),
+            commit: serialize(&out.commit_message)?,
+            welcome: Some(serialize(welcome)?),
         })
     }
 
     /// Owner only: remove the members at these leaves.
     pub fn remove(&mut self, device: &Device, leaves: &[u32]) -> Result<Commit> {
+        let _ = device;
         if !self.is_owner() {
             return Err(Error::InvalidArgument(
                 "only the doctor's device removes members",
@@ -310,57 +335,61 @@ impl ConsultationGroup {
         if leaves.is_empty() || leaves.contains(&self.own_leaf()) {
             return Err(Error::InvalidArgument("leaves to remove"));
         }
-        let idx: Vec<LeafNodeIndex> = leaves.iter().map(|&l| LeafNodeIndex::new(l)).collect();
-        let (commit, _, _) = self
-            .group
-            .remove_members(&device.provider, &device.signer, &idx)
-            .map_err(Error::refused)?;
+        let mut b = self.group.commit_builder();
+        for &l in leaves {
+            b = b.remove_member(l).map_err(Error::refused)?;
+        }
+        let out = b.build().map_err(Error::refused)?;
+        self.store()?;
         Ok(Commit {
-            commit: serialize(&commit)?,
+            commit: serialize(&out.commit_message)?,
             welcome: None,
         })
     }
 
     /// Any member: a fresh leaf key (post-compromise security).
     pub fn self_update(&mut self, device: &Device) -> Result<Commit> {
-        let bundle = self
+        let _ = device;
+        // A commit without proposals carries an UpdatePath: our new leaf.
+        let out = self
             .group
-            .self_update(
-                &device.provider,
-                &device.signer,
-                LeafNodeParameters::default(),
-            )
+            .commit_builder()
+            .build()
             .map_err(Error::refused)?;
+        self.store()?;
         Ok(Commit {
-            commit: serialize(bundle.commit())?,
+            commit: serialize(&out.commit_message)?,
             welcome: None,
         })
     }
 
     /// The server accepted our pending commit: apply it. Returns the new epoch.
     pub fn confirm_commit(&mut self, device: &Device) -> Result<u64> {
-        if self.group.pending_commit().is_none() {
+        let _ = device;
+        if !self.group.has_pending_commit() {
             return Err(Error::InvalidArgument("no pending commit"));
         }
-        self.group
-            .merge_pending_commit(&device.provider)
-            .map_err(Error::internal)?;
+        self.group.apply_pending_commit().map_err(Error::internal)?;
+        self.store()?;
         Ok(self.epoch())
     }
 
     /// The server refused our pending commit (another one won the epoch): drop it.
     pub fn discard_commit(&mut self, device: &Device) -> Result<()> {
-        self.group
-            .clear_pending_commit(device.storage())
-            .map_err(Error::internal)
+        let _ = device;
+        self.group.clear_pending_commit();
+        self.store()
     }
 
     /// Seal an application message for the group.
     pub fn seal(&mut self, device: &Device, payload: &[u8]) -> Result<Vec<u8>> {
+        let _ = device;
         let m = self
             .group
-            .create_message(&device.provider, &device.signer, payload)
+            .encrypt_application_message(payload, Vec::new())
             .map_err(Error::refused)?;
+        // The sending ratchet moved: persist it, or a restored device would reuse keys.
+        self.store()?;
         serialize(&m)
     }
 
@@ -370,119 +399,202 @@ impl ConsultationGroup {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(Error::Malformed("message too large".into()));
         }
-        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|_| Error::Malformed("MLS framing".into()))?;
-        let protocol = msg
-            .try_into_protocol_message()
-            .map_err(|_| Error::Malformed("not a group message".into()))?;
-        if protocol.group_id() != self.group.group_id() {
+        let msg = decode_message(bytes).ok_or_else(|| Error::Malformed("MLS framing".into()))?;
+        let (group_id, content_type, encrypted) = match msg.description() {
+            MlsMessageDescription::PrivateProtocolMessage {
+                group_id,
+                content_type,
+                ..
+            } => (group_id, content_type, true),
+            MlsMessageDescription::PublicProtocolMessage {
+                group_id,
+                content_type,
+                ..
+            } => (group_id, content_type, false),
+            _ => return Err(Error::Malformed("not a group message".into())),
+        };
+        if group_id != self.group.group_id() {
             return Err(Error::WrongGroup("message for another group"));
         }
-        if protocol.content_type() == ContentType::Commit && self.group.pending_commit().is_some() {
+        // Everything in a consultation group is a PrivateMessage.
+        if !encrypted {
+            return Err(Error::Refused("unencrypted group message".into()));
+        }
+        // Stand-alone proposals: Confide never sends proposals by reference, and the
+        // library is built without them, so a proposal message does not even decode
+        // (see `policy::ConfideRules`).
+        if content_type == ContentType::Commit && self.group.has_pending_commit() {
             // Someone else's commit won this epoch; ours will be refused by the server.
             self.discard_commit(device)?;
         }
-        let processed = self
-            .group
-            .process_message(&device.provider, protocol)
-            .map_err(Error::refused)?;
-        let Sender::Member(sender_leaf) = *processed.sender() else {
-            return Err(Error::Policy("message from outside the group"));
+        let roster_before = self.roster();
+        // The library may advance ratchets before it refuses a message: work on a copy
+        // and keep it only on success.
+        let mut work = self.group.clone();
+        let received = work.process_incoming_message(msg).map_err(from_peer)?;
+        let out = match received {
+            ReceivedMessage::ApplicationMessage(m) => {
+                let sender = roster_before
+                    .iter()
+                    .find(|r| r.leaf == m.sender_index)
+                    .cloned()
+                    .ok_or(Error::Policy("sender is not a member"))?;
+                Incoming::Application {
+                    sender,
+                    payload: m.data().to_vec(),
+                }
+            }
+            ReceivedMessage::Commit(c) => {
+                let committer = roster_before
+                    .iter()
+                    .find(|r| r.leaf == c.committer)
+                    .cloned()
+                    .ok_or(Error::Policy("message from outside the group"))?;
+                self.group = work;
+                let incoming = self.describe_commit(committer, &roster_before, c);
+                self.store()?;
+                return Ok(incoming);
+            }
+            _ => return Err(Error::Malformed("not a group message".into())),
         };
-        let sender = self
-            .group
-            .members()
-            .find(|m| m.index == sender_leaf)
-            .map(|m| to_member(&m))
-            .transpose()?
-            .ok_or(Error::Policy("sender is not a member"))?;
-        match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(m) => Ok(Incoming::Application {
-                sender,
-                payload: m.into_bytes(),
-            }),
-            ProcessedMessageContent::StagedCommitMessage(staged) => {
-                self.apply_commit(device, sender, *staged)
-            }
-            // Confide never sends proposals by reference; a lone proposal is dropped so
-            // it can never ride along in someone else's commit.
-            ProcessedMessageContent::ProposalMessage(_)
-            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
-                Err(Error::Policy("stand-alone proposals are not accepted"))
-            }
-            // The server echoes our own messages; there is nothing to learn from them.
-            ProcessedMessageContent::OwnPendingCommit
-            | ProcessedMessageContent::OwnPrivateMessage => {
-                Err(Error::Refused("our own message".into()))
-            }
-        }
+        self.group = work;
+        self.store()?;
+        Ok(out)
     }
 
-    fn apply_commit(
-        &mut self,
-        device: &Device,
+    fn describe_commit(
+        &self,
         committer: Member,
-        staged: StagedCommit,
-    ) -> Result<Incoming> {
-        let changes_membership =
-            staged.add_proposals().next().is_some() || staged.remove_proposals().next().is_some();
-        if changes_membership && committer.leaf != self.owner {
-            return Err(Error::Policy(
-                "only the doctor's device may add or remove members",
-            ));
-        }
-        if staged.psk_proposals().next().is_some() {
-            return Err(Error::Policy(
-                "pre-shared keys are not used in consultations",
-            ));
-        }
-        let mut added = Vec::new();
-        for add in staged.add_proposals() {
-            let leaf = add.add_proposal().key_package().leaf_node();
-            let (name, signature_key) =
-                member_identity(leaf.credential(), leaf.signature_key().as_slice())?;
-            added.push((name, signature_key));
-        }
-        let roster_before = self.roster();
-        let mut removed = Vec::new();
-        for r in staged.remove_proposals() {
-            let leaf = r.remove_proposal().removed().u32();
-            if leaf == self.owner {
-                return Err(Error::Policy("the doctor's device cannot be removed"));
+        roster_before: &[Member],
+        c: CommitMessageDescription,
+    ) -> Incoming {
+        let new_epoch = match c.effect {
+            CommitEffect::NewEpoch(e) => e,
+            CommitEffect::Removed { .. } => return Incoming::Removed,
+            // ReInit proposals are committed by no Confide client; the group moved on
+            // anyway, so report the epoch.
+            CommitEffect::ReInit(_) => {
+                return Incoming::NewEpoch {
+                    epoch: self.epoch(),
+                    committer,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                };
             }
-            if let Some(m) = roster_before.iter().find(|m| m.leaf == leaf) {
-                removed.push(m.clone());
-            }
-        }
-        if staged.self_removed() {
-            self.group
-                .merge_staged_commit(&device.provider, staged)
-                .map_err(Error::internal)?;
-            return Ok(Incoming::Removed);
-        }
-        self.group
-            .merge_staged_commit(&device.provider, staged)
-            .map_err(Error::internal)?;
-        let roster = self.roster();
-        let added = roster
+        };
+        let (added_ids, removed_leaves) =
+            membership_changes(new_epoch.applied_proposals().iter().map(|p| &p.proposal));
+        let removed = roster_before
+            .iter()
+            .filter(|m| removed_leaves.contains(&m.leaf))
+            .cloned()
+            .collect();
+        let added_names: Vec<_> = added_ids
+            .into_iter()
+            .filter_map(|id| member_identity(id).ok())
+            .collect();
+        let added = self
+            .roster()
             .into_iter()
             .filter(|m| {
-                added
+                added_names
                     .iter()
                     .any(|(n, k)| &m.name == n && &m.signature_key == k)
-                    && !roster_before.iter().any(|b| b.leaf == m.leaf)
+                    && !roster_before
+                        .iter()
+                        .any(|b| b.leaf == m.leaf && b.name == m.name)
             })
             .collect();
-        Ok(Incoming::NewEpoch {
+        Incoming::NewEpoch {
             epoch: self.epoch(),
             committer,
             added,
             removed,
-        })
+        }
     }
 
     /// Forget the group and delete its state from the device.
-    pub fn delete(mut self, device: &Device) -> Result<()> {
-        self.group.delete(device.storage()).map_err(Error::internal)
+    pub fn delete(self, device: &Device) -> Result<()> {
+        device.store.delete_group(self.group.group_id());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Principal;
+
+    fn device(p: &str) -> Device {
+        Device::generate(Principal::new(p).unwrap()).unwrap()
+    }
+
+    fn is_private(bytes: &[u8]) -> bool {
+        matches!(
+            decode_message(bytes).unwrap().description(),
+            MlsMessageDescription::PrivateProtocolMessage { .. }
+        )
+    }
+
+    #[test]
+    fn handshakes_and_chat_are_private_messages_and_the_welcome_carries_the_tree() {
+        let doctor = device("account:1");
+        let patient = device("account:2");
+        let mut dg = ConsultationGroup::create(&doctor, "7").unwrap();
+        let kp = patient.key_packages(1).unwrap().remove(0);
+        let c = dg
+            .add(&doctor, &[ClaimedKeyPackage::parse(&doctor, &kp).unwrap()])
+            .unwrap();
+        assert!(is_private(&c.commit));
+        dg.confirm_commit(&doctor).unwrap();
+        // Joining needs nothing but the Welcome: the tree is in it.
+        let owner = Principal::new("account:1").unwrap();
+        let pg = ConsultationGroup::join(&patient, "7", &c.welcome.unwrap(), &owner).unwrap();
+        assert_eq!(pg.owner(), 0);
+        assert!(is_private(&dg.self_update(&doctor).unwrap().commit));
+        dg.discard_commit(&doctor).unwrap();
+        assert!(is_private(&dg.seal(&doctor, b"hi").unwrap()));
+    }
+
+    #[test]
+    fn a_last_resort_key_package_opens_many_welcomes_a_one_time_one_opens_one() {
+        let doctor = device("account:1");
+        let patient = device("account:2");
+        let owner = Principal::new("account:1").unwrap();
+        let last = patient.last_resort_key_package().unwrap();
+        let once = patient.key_packages(1).unwrap().remove(0);
+        let welcome = |kp: &[u8]| {
+            let mut g = ConsultationGroup::create(&doctor, "7").unwrap();
+            let c = g
+                .add(&doctor, &[ClaimedKeyPackage::parse(&doctor, kp).unwrap()])
+                .unwrap();
+            c.welcome.unwrap()
+        };
+        for _ in 0..2 {
+            ConsultationGroup::join(&patient, "7", &welcome(&last), &owner).unwrap();
+        }
+        ConsultationGroup::join(&patient, "7", &welcome(&once), &owner).unwrap();
+        assert!(ConsultationGroup::join(&patient, "7", &welcome(&once), &owner).is_err());
+    }
+
+    #[test]
+    fn exported_state_holds_key_packages_and_groups_and_round_trips() {
+        let doctor = device("account:1");
+        let mut dg = ConsultationGroup::create(&doctor, "7").unwrap();
+        doctor.key_packages(2).unwrap();
+        let before = doctor.export_state();
+        let name = doctor.name().clone();
+        let restored =
+            Device::restore(name.principal, name.device, &doctor.secret_key(), &before).unwrap();
+        assert_eq!(restored.export_state(), before);
+        // The group's state is in the blob, and leaves it when the group is deleted.
+        let loaded = restored.client.load_group(dg.group_id()).unwrap();
+        assert_eq!(loaded.current_epoch(), dg.epoch());
+        let _ = dg.self_update(&doctor).unwrap();
+        dg.confirm_commit(&doctor).unwrap();
+        assert_ne!(doctor.export_state(), before);
+        let id = dg.group_id().to_vec();
+        dg.delete(&doctor).unwrap();
+        assert!(doctor.client.load_group(&id).is_err());
     }
 }

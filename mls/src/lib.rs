@@ -36,8 +36,8 @@
 //!   KeyPackage's credential against the directory and the pin before calling
 //!   [`ConsultationGroup::add`].
 //! * Randomness: unlike `confide-e2ee`, MLS key generation draws from the platform RNG
-//!   (`getrandom`; `crypto.getRandomValues` in the browser) through the openmls crypto
-//!   provider.
+//!   (`getrandom`; `crypto.getRandomValues` in the browser) through the MLS crypto
+//!   provider (mls-rs with its RustCrypto provider).
 //!
 //! ## Errors
 //!
@@ -55,7 +55,9 @@ pub mod fuzzing;
 mod group;
 mod identity;
 pub mod pins;
+mod policy;
 pub mod safety;
+mod storage;
 pub mod transparency;
 
 pub use device::{CIPHERSUITE, ClaimedKeyPackage, Device, MAX_KEY_PACKAGE_LEN};
