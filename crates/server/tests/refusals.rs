@@ -118,6 +118,9 @@ async fn expired_token_is_refused_and_active_call_keeps_session_alive() {
     assert_eq!(d.recv_type("pong").await["nonce"], 1);
     let r = ts.req("GET", "/api/me", Some(&doctor), None).await;
     assert_eq!(r.status, 200, "in-call session stays alive: {:?}", r.body);
+    // The principal the device's MLS credential and the key directory use.
+    let principal = r.body["principal"].as_str().unwrap_or_default();
+    assert!(principal.starts_with("account:"), "{principal}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

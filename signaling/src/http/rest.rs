@@ -300,6 +300,9 @@ pub async fn logout(State(state): State<AppState>, s: AnySession) -> ApiResult<S
 
 #[derive(Serialize)]
 pub struct MeResp {
+    /// `account:N` or `guest:N`: what this device's MLS credential names and what the
+    /// key directory files its devices under.
+    principal: String,
     role: Role,
     label: String,
     mfa_enabled: bool,
@@ -320,6 +323,7 @@ pub async fn me(State(state): State<AppState>, s: Authed) -> ApiResult<Json<MeRe
         None => ("Guest".into(), false),
     };
     Ok(Json(MeResp {
+        principal: s.session.principal.to_string(),
         role: s.session.role,
         label,
         mfa_enabled: mfa,
