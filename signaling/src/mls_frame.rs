@@ -383,8 +383,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Real openmls output (suite 0x0003): a commit adding a member, one updating,
-    /// and a Welcome, all of consultation 1 (the seeds of the `mls_frame` fuzz target).
+    /// Real output of the clients' MLS library (mls-rs, suite 0x0003), all of
+    /// consultation 1: a commit adding a member, one updating, an application message,
+    /// a Welcome and a KeyPackage (the seeds of the `mls_frame` fuzz target, copied
+    /// from confide-mls's).
     const COMMIT_ADD: &[u8] = include_bytes!("../fuzz/corpus/mls_frame/commit_add");
     const COMMIT_UPDATE: &[u8] = include_bytes!("../fuzz/corpus/mls_frame/commit_update");
     const APPLICATION: &[u8] = include_bytes!("../fuzz/corpus/mls_frame/application");
@@ -392,7 +394,7 @@ mod tests {
     const KEY_PACKAGE: &[u8] = include_bytes!("../fuzz/corpus/mls_frame/key_package");
 
     #[test]
-    fn real_openmls_messages_parse() {
+    fn real_client_messages_parse() {
         for (bytes, epoch, ct) in [
             (COMMIT_ADD, 0, ContentType::Commit),
             (COMMIT_UPDATE, 1, ContentType::Commit),

@@ -1,7 +1,7 @@
 //! The MLS framing reader the delivery service runs on every commit, Welcome and
 //! KeyPackage a client sends must never panic, and a message header it accepts must
 //! describe bytes that are really there.
-//! Run: `cargo +nightly fuzz run mls_frame` in signaling/fuzz (seeds: real openmls
+//! Run: `cargo +nightly fuzz run mls_frame` in signaling/fuzz (seeds: real mls-rs
 //! commits, an application message, a Welcome and a KeyPackage in corpus/mls_frame).
 #![no_main]
 
