@@ -4,14 +4,17 @@
 //!
 //! Each consultation is a doctor and a patient (plus optional invited guests) run by
 //! the native client exactly as browsers would: REST login with TOTP, `/ws` signaling,
-//! waiting room and admission, the E2EE key exchange, WebRTC (str0m) through the SFU,
-//! SFrame-sealed synthetic frames carrying their send time inside the ciphertext.
+//! waiting room and admission, the consultation's MLS group (device registration,
+//! KeyPackages, key directory and log checks, the doctor's Add, the Welcome), WebRTC
+//! (str0m) through the SFU, SFrame-sealed synthetic frames (keys from the group's epoch
+//! secret) carrying their send time inside the ciphertext.
 //! Participants share a few client threads (`--client-threads`), each driving many
 //! sessions on one event loop.
 //!
 //! See docs/benchmarks.md ("Load harness") for what each figure means.
 
 mod alloc;
+mod mls_time;
 mod relay;
 mod report;
 mod sfu_run;
@@ -142,6 +145,13 @@ pub struct Options {
     /// Print one JSON document on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Only time the MLS operations of a consultation's setup natively (group create,
+    /// add 1 and 7, processing a commit and a Welcome) and print them; no server.
+    #[arg(long)]
+    pub mls_timings: bool,
+    /// Runs per operation of `--mls-timings`.
+    #[arg(long, default_value_t = 50)]
+    pub mls_iterations: usize,
 }
 
 impl Options {
@@ -249,6 +259,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let opts = Options::parse();
+    if opts.mls_timings {
+        let t = mls_time::run(opts.mls_iterations)?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&t)?);
+        } else {
+            println!("{}", mls_time::table(&t));
+        }
+        return Ok(());
+    }
     if let Some(b) = &opts.baseline {
         anyhow::ensure!(b == "raw-relay", "--baseline: only raw-relay is known");
     }

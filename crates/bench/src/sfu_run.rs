@@ -1,5 +1,8 @@
 //! N consultations through a real `confide` server: REST login with TOTP, WebSocket
-//! signaling, waiting room and admission, E2EE key exchange, WebRTC through the SFU.
+//! signaling, waiting room and admission, the consultation's MLS group (each person's
+//! device registered with its KeyPackages, the doctor's device checking each joiner in
+//! the key directory and its log, the Add commit and the Welcome), WebRTC through the
+//! SFU with frames under the group's epoch keys.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

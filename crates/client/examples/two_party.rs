@@ -1,8 +1,10 @@
 //! A whole two-party consultation on loopback: a `confide` server in this process (demo
 //! clinic, SFU media plane), a doctor and a patient as native clients doing what their
 //! browsers would do: log in with password and TOTP, join, wait, admit, negotiate media
-//! with the SFU, exchange E2EE keys, send sealed frames both ways. Each side prints the
-//! safety code it computed; the two must match, which is what people compare aloud.
+//! with the SFU, run the consultation's MLS group (device registration, the doctor's Add
+//! checked against the key directory, the patient's Welcome), send sealed frames both
+//! ways. Each side prints the safety code it computed from both device keys; the two
+//! must match, which is what people compare aloud.
 //!
 //! Run: `cargo run -p confide-client --example two_party`
 
@@ -80,16 +82,8 @@ async fn main() -> anyhow::Result<()> {
         stats.latency_us(0.5).unwrap_or(0) as f64 / 1000.0
     );
 
-    let dc = doctor
-        .safety
-        .get(&patient.you())
-        .cloned()
-        .unwrap_or_default();
-    let pc = patient
-        .safety
-        .get(&doctor.you())
-        .cloned()
-        .unwrap_or_default();
+    let dc = doctor.safety_code(patient.you()).unwrap_or_default();
+    let pc = patient.safety_code(doctor.you()).unwrap_or_default();
     println!("doctor sees safety code:  {dc}");
     println!("patient sees safety code: {pc}");
     anyhow::ensure!(!dc.is_empty() && dc == pc, "safety codes differ");

@@ -3,8 +3,11 @@
 //! Each participant ([`Slot`]) has its own UDP socket (the SFU tells peers apart by
 //! address) but all of them share one thread and one `epoll` set, so one bench process
 //! can drive hundreds of peers without a thread each. Per slot the loop owns the
-//! sans-IO [`MediaClient`], the E2EE [`KeyAgreement`], the [`FrameSealer`] and
-//! [`FrameOpener`], and a synthetic traffic source.
+//! sans-IO [`MediaClient`], the frame keys of the consultation's MLS group (a
+//! [`GroupFrameEncryptor`] for our leaf and one [`GroupFrameDecryptor`] for every other
+//! member, installed by the signaling side with [`MediaLoop::install_epoch`]), and a
+//! synthetic traffic source. Until a slot has an epoch key it sends nothing: no frame
+//! ever leaves unencrypted or under a key the group did not agree on.
 //!
 //! Synthetic frames carry, inside the encrypted part, a header with the publisher, a
 //! sequence number and the send time (nanoseconds since a process-wide epoch), so every
@@ -23,13 +26,17 @@ use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use confide_e2ee::{CipherSuite, Codec, IdentityKeyPair, SeededRng, SenderKey};
+use confide_e2ee::{CipherSuite, EpochSecret, GroupFrameDecryptor, GroupFrameEncryptor};
 use rustix::event::{Timespec, epoll};
 use tokio::sync::oneshot;
 
-use crate::e2ee::{FrameOpener, FrameSealer};
-use crate::keys::{KeyAgreement, KeyError, KeyReply};
+use crate::e2ee::codec;
 use crate::media::{ClientConfig, ClientError, ClientEvent, Kind, MediaClient};
+
+/// The SFrame suite of every consultation (`docs/keys.md`).
+pub const SUITE: CipherSuite = CipherSuite::ChaCha20Poly1305Sha256_128;
+/// Most sealed frames a slot records when asked to ([`MediaLoop::record`]).
+pub const MAX_RECORDED: usize = 20_000;
 
 /// Marks a synthetic frame header ("CFB1").
 const MAGIC: u32 = 0x4346_4231;
@@ -70,9 +77,10 @@ pub enum DriverError {
     /// The media session refused.
     #[error("media: {0}")]
     Client(#[from] ClientError),
-    /// The key exchange refused.
-    #[error("keys: {0}")]
-    Keys(#[from] KeyError),
+    /// The frame keys refused an epoch secret (an older epoch than installed, or a leaf
+    /// index the KID cannot carry).
+    #[error("frame keys: {0}")]
+    Keys(#[from] confide_e2ee::Error),
     /// Socket trouble.
     #[error("io: {0}")]
     Io(#[from] io::Error),
@@ -142,9 +150,8 @@ pub struct SlotId(pub u32);
 /// What a slot needs to start.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotSpec {
-    /// The appointment (consultation) id: offers are bound to it.
-    pub consultation: i64,
-    /// Our participant id in that consultation (from `joined`/`admitted`).
+    /// Our participant id in the consultation (from `joined`/`admitted`); it goes into
+    /// the synthetic frame header so receivers can tell publishers apart.
     pub you: u64,
     /// What to publish.
     pub traffic: Traffic,
@@ -169,8 +176,9 @@ pub struct LoopStats {
     pub frames_expected: u64,
     /// Audio frames expected (one packet each: this is packet loss).
     pub audio_expected: u64,
-    /// Frames that arrived before their sender's key, or before its newest key after a
-    /// join or leave (not counted as loss).
+    /// Frames that arrived before the epoch key that opens them was installed (a commit
+    /// still on its way through signaling), or after it was retired (not counted as
+    /// loss).
     pub before_key: u64,
     /// Frames that failed to open (forged, wrong key): should stay 0.
     pub open_failures: u64,
@@ -284,31 +292,75 @@ fn record(h: &mut [u32], ns: u64) {
 pub struct SlotStatus {
     /// ICE and DTLS are up.
     pub connected: bool,
-    /// Peers whose sender key we installed.
+    /// Other members of the MLS group at the installed epoch (whose frames our keys
+    /// open, and who open ours).
     pub keyed_peers: usize,
     /// Frames received and opened so far (since creation).
     pub frames_opened: u64,
     /// The session died.
     pub dead: bool,
-    /// The KID our frames are sealed under now (it changes when someone joins or
-    /// leaves).
-    pub sender_kid: u64,
+    /// The MLS epoch our frames are sealed under, once keyed.
+    pub epoch: Option<u64>,
+    /// The KID our frames are sealed under now (our leaf and the epoch's low bits).
+    pub sender_kid: Option<u64>,
+    /// Sending is on (keyed, and not held back by a key warning).
+    pub sending: bool,
+}
+
+/// A sealed frame as this slot received it from the SFU (see [`MediaLoop::record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedFrame {
+    /// Audio or video.
+    pub kind: Kind,
+    /// The media stream id of the track (`confide-<participant>`).
+    pub stream_id: String,
+    /// The frame exactly as it arrived: clear prefix, SFrame header, ciphertext, tag.
+    pub sealed: Vec<u8>,
+}
+
+/// The key of a new MLS epoch, for [`MediaLoop::install_epoch`].
+#[derive(Debug)]
+pub struct EpochKeys {
+    /// The epoch's SFrame base key.
+    pub secret: EpochSecret,
+    /// Our leaf index in the group at this epoch.
+    pub own_leaf: u32,
+    /// Other members at this epoch.
+    pub peers: usize,
+    /// A new group replaces the old one (epochs start again): forget every old key.
+    pub new_group: bool,
+    /// Send under this epoch now (`false` while a key warning holds us back).
+    pub send: bool,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
 
 enum Cmd {
-    Create(SlotSpec, Reply<(SlotId, String, String)>),
+    Create(SlotSpec, Reply<(SlotId, String)>),
     Answer(SlotId, String, Reply<()>),
     Offer(SlotId, String, Reply<String>),
-    E2ee(SlotId, u64, String, Reply<KeyReply>),
-    PeerJoined(SlotId, u64, Reply<Vec<(u64, String)>>),
-    PeerLeft(SlotId, u64, Reply<Vec<(u64, String)>>),
+    InstallEpoch(SlotId, EpochKeys, Reply<()>),
+    Sending(SlotId, bool, Reply<()>),
+    DropKeys(SlotId, Reply<()>),
+    Record(SlotId, bool, Reply<()>),
+    Recorded(SlotId, Reply<Vec<RecordedFrame>>),
     Status(SlotId, Reply<SlotStatus>),
-    SafetyCode(SlotId, u64, Reply<Option<String>>),
-    KeyOffer(SlotId, Reply<String>),
     Remove(SlotId),
     Stats(bool, oneshot::Sender<LoopStats>),
+}
+
+impl Slot {
+    fn install(&mut self, keys: EpochKeys) -> Result<(), DriverError> {
+        if keys.new_group {
+            self.opener.reset();
+        }
+        let enc = GroupFrameEncryptor::new(SUITE, &keys.secret, keys.own_leaf)?;
+        self.opener.install(keys.secret)?;
+        self.sealer = Some(enc);
+        self.sending = keys.send;
+        self.keyed = keys.peers;
+        Ok(())
+    }
 }
 
 /// Handle to a media loop thread. Dropping it stops the thread.
@@ -392,8 +444,8 @@ impl MediaLoop {
     }
 
     /// Creates a participant: binds its socket and makes its first SDP offer. Returns
-    /// the slot, the offer and our E2EE key offer blob.
-    pub async fn create(&self, spec: SlotSpec) -> Result<(SlotId, String, String), DriverError> {
+    /// the slot and the offer. It sends no frame before [`MediaLoop::install_epoch`].
+    pub async fn create(&self, spec: SlotSpec) -> Result<(SlotId, String), DriverError> {
         self.call(|r| Cmd::Create(spec, r)).await
     }
 
@@ -407,53 +459,39 @@ impl MediaLoop {
         self.call(|r| Cmd::Offer(slot, sdp, r)).await
     }
 
-    /// An `e2ee` blob from `from`; returns blobs to send back.
-    pub async fn e2ee(
-        &self,
-        slot: SlotId,
-        from: u64,
-        blob: String,
-    ) -> Result<KeyReply, DriverError> {
-        self.call(|r| Cmd::E2ee(slot, from, blob, r)).await
+    /// The key of a new MLS epoch: our frames are sealed under it from now on, and the
+    /// decryptor keeps it with the previous epoch (frames in flight).
+    pub async fn install_epoch(&self, slot: SlotId, keys: EpochKeys) -> Result<(), DriverError> {
+        self.call(|r| Cmd::InstallEpoch(slot, keys, r)).await
     }
 
-    /// A peer was admitted: ratchets our sender key (the newcomer cannot read what was
-    /// sent before). Returns blobs to send: the ratcheted key sealed to the other peers.
-    pub async fn peer_joined(
-        &self,
-        slot: SlotId,
-        peer: u64,
-    ) -> Result<Vec<(u64, String)>, DriverError> {
-        self.call(|r| Cmd::PeerJoined(slot, peer, r)).await
+    /// Holds our media back (`false`: a member's key waits for the user) or lets it go
+    /// again (`true`). Receiving goes on.
+    pub async fn set_sending(&self, slot: SlotId, on: bool) -> Result<(), DriverError> {
+        self.call(|r| Cmd::Sending(slot, on, r)).await
     }
 
-    /// A peer left: forgets its pairwise keys and rotates our sender key (it cannot read
-    /// what follows). Returns blobs to send: the new key sealed to those who remain.
-    pub async fn peer_left(
-        &self,
-        slot: SlotId,
-        peer: u64,
-    ) -> Result<Vec<(u64, String)>, DriverError> {
-        self.call(|r| Cmd::PeerLeft(slot, peer, r)).await
+    /// We left the group (removed, or the consultation is over for us): forget every
+    /// frame key; nothing is sent or opened from now on.
+    pub async fn drop_keys(&self, slot: SlotId) -> Result<(), DriverError> {
+        self.call(|r| Cmd::DropKeys(slot, r)).await
+    }
+
+    /// Starts (`true`) or stops recording the sealed frames this slot receives, up to
+    /// [`MAX_RECORDED`]: what the SFU forwarded to this participant, ciphertext only.
+    /// Tests use it to try every forwarded frame with keys a ghost holds.
+    pub async fn record(&self, slot: SlotId, on: bool) -> Result<(), DriverError> {
+        self.call(|r| Cmd::Record(slot, on, r)).await
+    }
+
+    /// Takes the frames recorded so far (recording goes on if it was on).
+    pub async fn recorded(&self, slot: SlotId) -> Result<Vec<RecordedFrame>, DriverError> {
+        self.call(|r| Cmd::Recorded(slot, r)).await
     }
 
     /// Where the slot stands.
     pub async fn status(&self, slot: SlotId) -> Result<SlotStatus, DriverError> {
         self.call(|r| Cmd::Status(slot, r)).await
-    }
-
-    /// The safety code with `peer` (20 digits to compare aloud), once known.
-    pub async fn safety_code(
-        &self,
-        slot: SlotId,
-        peer: u64,
-    ) -> Result<Option<String>, DriverError> {
-        self.call(|r| Cmd::SafetyCode(slot, peer, r)).await
-    }
-
-    /// Our key offer blob (to send to a newcomer).
-    pub async fn key_offer(&self, slot: SlotId) -> Result<String, DriverError> {
-        self.call(|r| Cmd::KeyOffer(slot, r)).await
     }
 
     /// Stops and drops a participant.
@@ -488,9 +526,10 @@ struct Slot {
     socket: UdpSocket,
     local: SocketAddr,
     client: MediaClient,
-    keys: KeyAgreement,
-    sealer: FrameSealer,
-    opener: FrameOpener,
+    sealer: Option<GroupFrameEncryptor>,
+    opener: GroupFrameDecryptor,
+    sending: bool,
+    recording: Option<Vec<RecordedFrame>>,
     you: u64,
     traffic: Traffic,
     next_video: Instant,
@@ -534,13 +573,6 @@ fn due(next: &mut Instant, rate: u32, now: Instant) -> u32 {
         n += 1;
     }
     n
-}
-
-fn os_seed() -> SeededRng {
-    use rand::RngCore as _;
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    SeededRng::from_seed(seed)
 }
 
 impl Worker {
@@ -625,21 +657,56 @@ impl Worker {
                 let _ = r.send(res);
                 self.flush(id.0);
             }
-            Cmd::E2ee(id, from, blob, r) => {
-                let res = self.with_keys(id, |s| {
-                    let res = s.keys.receive(from, &blob, &s.sealer, &mut s.opener);
-                    if let Ok(KeyReply { keyed: Some(_), .. }) = &res {
-                        s.keyed += 1;
-                    }
-                    res
-                });
+            Cmd::InstallEpoch(id, keys, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => s.install(keys),
+                    None => Err(DriverError::UnknownSlot),
+                };
                 let _ = r.send(res);
             }
-            Cmd::PeerJoined(id, peer, r) => {
-                let _ = r.send(self.with_keys(id, |s| s.keys.peer_joined(peer, &mut s.sealer)));
+            Cmd::Sending(id, on, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => {
+                        s.sending = on && s.sealer.is_some();
+                        Ok(())
+                    }
+                    None => Err(DriverError::UnknownSlot),
+                };
+                let _ = r.send(res);
             }
-            Cmd::PeerLeft(id, peer, r) => {
-                let _ = r.send(self.with_keys(id, |s| s.keys.peer_left(peer, &mut s.sealer)));
+            Cmd::DropKeys(id, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => {
+                        s.sealer = None;
+                        s.sending = false;
+                        s.keyed = 0;
+                        s.opener.reset();
+                        Ok(())
+                    }
+                    None => Err(DriverError::UnknownSlot),
+                };
+                let _ = r.send(res);
+            }
+            Cmd::Record(id, on, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => {
+                        match (on, s.recording.is_some()) {
+                            (true, false) => s.recording = Some(Vec::new()),
+                            (false, _) => s.recording = None,
+                            (true, true) => {}
+                        }
+                        Ok(())
+                    }
+                    None => Err(DriverError::UnknownSlot),
+                };
+                let _ = r.send(res);
+            }
+            Cmd::Recorded(id, r) => {
+                let res = match self.slots.get_mut(&id.0) {
+                    Some(s) => Ok(s.recording.as_mut().map(std::mem::take).unwrap_or_default()),
+                    None => Err(DriverError::UnknownSlot),
+                };
+                let _ = r.send(res);
             }
             Cmd::Status(id, r) => {
                 let res = self
@@ -650,24 +717,10 @@ impl Worker {
                         keyed_peers: s.keyed,
                         frames_opened: s.opened,
                         dead: !s.client.is_alive(),
-                        sender_kid: s.sealer.kid(),
+                        epoch: s.sealer.as_ref().map(GroupFrameEncryptor::epoch),
+                        sender_kid: s.sealer.as_ref().map(GroupFrameEncryptor::kid),
+                        sending: s.sending,
                     })
-                    .ok_or(DriverError::UnknownSlot);
-                let _ = r.send(res);
-            }
-            Cmd::SafetyCode(id, peer, r) => {
-                let res = self
-                    .slots
-                    .get(&id.0)
-                    .map(|s| s.keys.safety_code(peer))
-                    .ok_or(DriverError::UnknownSlot);
-                let _ = r.send(res);
-            }
-            Cmd::KeyOffer(id, r) => {
-                let res = self
-                    .slots
-                    .get(&id.0)
-                    .map(|s| s.keys.offer_blob())
                     .ok_or(DriverError::UnknownSlot);
                 let _ = r.send(res);
             }
@@ -715,11 +768,7 @@ impl Worker {
         }
     }
 
-    fn create(
-        &mut self,
-        spec: SlotSpec,
-        now: Instant,
-    ) -> Result<(SlotId, String, String), DriverError> {
+    fn create(&mut self, spec: SlotSpec, now: Instant) -> Result<(SlotId, String), DriverError> {
         let socket = UdpSocket::bind((self.bind_ip, 0))?;
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
@@ -732,15 +781,6 @@ impl Worker {
             now,
         );
         let offer = client.create_offer()?;
-        let mut rng = os_seed();
-        let identity = IdentityKeyPair::generate(&mut rng);
-        let sealer = FrameSealer::new(SenderKey::generate(
-            CipherSuite::ChaCha20Poly1305Sha256_128,
-            &mut rng,
-        ))
-        .map_err(|e| DriverError::Keys(KeyError::Frame(e)))?;
-        let keys = KeyAgreement::new(&identity, spec.consultation, spec.you, rng)?;
-        let blob = keys.offer_blob();
         let id = self.next_slot;
         self.next_slot += 1;
         epoll::add(
@@ -758,9 +798,10 @@ impl Worker {
                 socket,
                 local,
                 client,
-                keys,
-                sealer,
-                opener: FrameOpener::new(),
+                sealer: None,
+                opener: GroupFrameDecryptor::new(SUITE),
+                sending: false,
+                recording: None,
                 you: spec.you,
                 traffic: spec.traffic,
                 next_video: now + phase,
@@ -772,7 +813,7 @@ impl Worker {
                 opened: 0,
             },
         );
-        Ok((SlotId(id), offer, blob))
+        Ok((SlotId(id), offer))
     }
 
     /// Timers, sending, transmits and events of one slot. Returns its next deadline.
@@ -859,7 +900,13 @@ impl Worker {
         if plain.len() < size {
             plain.resize(size, 0x55);
         }
-        if s.sealer.seal(kind, plain, &mut self.sealed).is_err() {
+        let Some(sealer) = s.sealer.as_mut().filter(|_| s.sending) else {
+            return;
+        };
+        if sealer
+            .encrypt(codec(kind), plain, &mut self.sealed)
+            .is_err()
+        {
             return;
         }
         if s.client.send_frame(now, kind, &self.sealed).is_ok() {
@@ -869,16 +916,6 @@ impl Worker {
                 Kind::Video => self.stats.video_frames_sent += 1,
             }
         }
-    }
-
-    /// Runs a key-exchange step on slot `id`.
-    fn with_keys<T>(
-        &mut self,
-        id: SlotId,
-        f: impl FnOnce(&mut Slot) -> Result<T, KeyError>,
-    ) -> Result<T, DriverError> {
-        let s = self.slots.get_mut(&id.0).ok_or(DriverError::UnknownSlot)?;
-        Ok(f(s)?)
     }
 
     fn flush(&mut self, id: u32) {
@@ -926,18 +963,28 @@ impl Worker {
             };
             let now_ns = since_epoch_ns(Instant::now());
             self.stats.bytes_received += data.len() as u64;
-            match s.opener.open(&stream_id, kind, &data, &mut self.opened) {
-                Ok(_) => {}
-                // No key from this sender yet, or not its newest one yet (media can
-                // beat the sealed key of a rotation through signaling).
+            if let Some(rec) = s.recording.as_mut()
+                && rec.len() < MAX_RECORDED
+            {
+                rec.push(RecordedFrame {
+                    kind,
+                    stream_id: stream_id.clone(),
+                    sealed: data.clone(),
+                });
+            }
+            match s.opener.decrypt(codec(kind), &data, &mut self.opened) {
+                Ok(Some(_)) => {}
+                // Empty frames carry nothing to measure.
+                Ok(None) => continue,
+                // No key for this epoch yet (media can beat the commit through
+                // signaling), or an epoch already retired.
                 Err(
-                    crate::e2ee::FrameError::NoKey
-                    | crate::e2ee::FrameError::E2ee(confide_e2ee::Error::UnknownKey { .. }),
+                    confide_e2ee::Error::UnknownKey { .. } | confide_e2ee::Error::StaleKey { .. },
                 ) => {
                     self.stats.before_key += 1;
                     continue;
                 }
-                Err(crate::e2ee::FrameError::E2ee(confide_e2ee::Error::Replay { .. })) => {
+                Err(confide_e2ee::Error::Replay { .. }) => {
                     self.stats.replayed += 1;
                     continue;
                 }
@@ -947,11 +994,7 @@ impl Worker {
                 }
             }
             s.opened += 1;
-            let codec = match kind {
-                Kind::Audio => Codec::Opus,
-                Kind::Video => Codec::Vp8,
-            };
-            let off = codec.clear_prefix_len(&self.opened);
+            let off = codec(kind).clear_prefix_len(&self.opened);
             let Some(h) = self.opened.get(off..off + HEADER_LEN) else {
                 continue;
             };

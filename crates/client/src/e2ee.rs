@@ -1,11 +1,15 @@
 //! Frame protection for the media session, using `confide-e2ee` (SFrame).
 //!
-//! The transport ([`crate::MediaClient`]) moves opaque frames; this module turns plain
-//! frames into sealed ones before sending and back after receiving. Keys come from the
-//! key exchange (`confide_e2ee::Session` via signaling); this module only holds them.
+//! The transport ([`crate::MediaClient`]) moves opaque frames. A consultation's frames
+//! are sealed under the keys of its MLS group: [`crate::driver::MediaLoop`] holds a
+//! `confide_e2ee::GroupFrameEncryptor` and `GroupFrameDecryptor` per participant, keyed
+//! per epoch by [`crate::consultation`]. This module maps our media kinds to the codecs
+//! whose clear prefix SFrame keeps, and keeps [`FrameSealer`] / [`FrameOpener`]: frame
+//! wrappers over a plain SFrame sender key, with no key exchange of their own, which
+//! the SFU's tests use to push sealed frames through the forwarding path.
 //!
-//! One [`FrameSealer`] per sender covers audio and video: a single SFrame counter per key
-//! is what keeps nonces unique (two counters under one key would repeat them).
+//! One sealer per sender covers audio and video: a single SFrame counter per key is what
+//! keeps nonces unique (two counters under one key would repeat them).
 
 use std::collections::HashMap;
 
@@ -25,7 +29,8 @@ pub enum FrameError {
     NoKey,
 }
 
-fn codec(kind: Kind) -> Codec {
+/// The codec whose clear prefix a frame of `kind` keeps.
+pub(crate) fn codec(kind: Kind) -> Codec {
     match kind {
         Kind::Audio => Codec::Opus,
         Kind::Video => Codec::Vp8,
@@ -46,7 +51,7 @@ impl FrameSealer {
         })
     }
 
-    /// Our sender key, to seal to each peer through the key exchange.
+    /// Our sender key.
     pub fn sender_key(&self) -> &SenderKey {
         self.enc.sender_key()
     }
@@ -54,16 +59,6 @@ impl FrameSealer {
     /// Seals one frame into `out` (cleared first; reuse it to avoid allocation).
     pub fn seal(&mut self, kind: Kind, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
         Ok(self.enc.encrypt(codec(kind), frame, out)?)
-    }
-
-    /// Ratchets the key forward (someone joined).
-    pub fn ratchet(&mut self) -> Result<(), FrameError> {
-        Ok(self.enc.ratchet()?)
-    }
-
-    /// Switches to a fresh key of the next generation (someone left).
-    pub fn rotate(&mut self, rng: &mut confide_e2ee::SeededRng) -> Result<(), FrameError> {
-        Ok(self.enc.rotate(rng)?)
     }
 
     /// The KID frames are sealed under now.
@@ -84,7 +79,7 @@ impl FrameOpener {
         Self::default()
     }
 
-    /// Installs a sender's key (opened from the key exchange) for its stream id.
+    /// Installs a sender's key for its stream id.
     pub fn install(&mut self, stream_id: &str, key: ReceivedSenderKey) -> Result<(), FrameError> {
         self.senders
             .entry(stream_id.to_string())
