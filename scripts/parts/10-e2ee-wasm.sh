@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # E2EE in the browser: build the wasm module on a fresh machine and run its Node smoke
-# test (a full two-party exchange plus the fixed vectors shared with the native tests).
+# test (the MLS key layer end to end with three devices: groups, Add and Remove, frames
+# under the epoch keys, chat, pins, safety codes, and the refusals a malicious server
+# runs into).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -7,7 +7,8 @@
 # throwaway data directory and the demo clinic (plus a second patient for the refusal
 # check), run `node --test` in crates/web/tests, stop the server.
 #
-# Screenshots, console logs and the tap summary go to target/browser/.
+# Screenshots, console logs, the tap summary and the MLS timings measured in Chromium
+# (mls-timings.json) go to target/browser/.
 #
 # Environment:
 #   CHROMIUM             browser binary (default /usr/bin/chromium, Debian's package)

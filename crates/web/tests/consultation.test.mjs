@@ -14,11 +14,16 @@
 //   CHROMIUM           the browser binary (default /usr/bin/chromium)
 //
 // One consultation, in order: the doctor and the patient log in (the doctor with a TOTP
-// code computed here), the patient consents and waits, the doctor admits, both decode
-// each other's video, both show the same safety code, a chat message arrives decrypted,
-// the SFU only ever forwarded ciphertext, a third account is refused, the patient's
-// media path is cut (ICE restart, then a full rejoin), a guest invited by the doctor
-// joins and leaves (a group of three), the doctor ends.
+// code computed here), the patient consents and waits, the doctor admits (an MLS Add),
+// both decode each other's video, both show the same safety code and mark each other
+// verified, a chat message arrives decrypted, the SFU only ever forwarded ciphertext,
+// a third account is refused, the test plays a malicious server (a ghost device, a
+// forged KeyPackage, a commit the ghost signs; nothing it holds opens a frame), the
+// patient's media path is cut (ICE restart, then a full rejoin), a guest invited by the
+// doctor joins and leaves (a group of three), the doctor ends. Then a second
+// consultation of the same two shows them Verified at once, the doctor comes back on a
+// new device (a key change the patient must accept before sending anything), and the
+// MLS operations are timed in Chromium.
 
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,8 +32,12 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   CHROMIUM_ARGS, INIT_SCRIPT, artifactsDir, checkPayload, freshTotp, inboundStats,
-  loadDemo, readTap, videoVariance, waitFor,
+  inject, loadDemo, readTap, videoVariance, waitFor,
 } from './lib.mjs';
+import {
+  b64, forgeKeyPackage, opened, privateMessageHeader, reheadPrivateMessage, tappedFrames,
+  unb64, wasm,
+} from './mls.mjs';
 
 const BASE = process.env.CONFIDE_BASE_URL || 'https://127.0.0.1:8443';
 const DEMO = process.env.CONFIDE_DEMO_JSON;
@@ -108,13 +117,64 @@ async function backInCall(who, what) {
   }, { timeout: 30000, what });
 }
 
-/** A new session: new keys, a safety code other than `oldCode`, the same on both sides. */
-async function newEqualSafetyCode(a, b, oldCode) {
+async function keys(p) {
+  return (await p.evaluate(() => window.confideTest.state())).keys;
+}
+
+/** Both pages in one MLS group (the same group id and epoch), sharing keys; resolves to
+ * the doctor's view of it. */
+async function sameGroup(a, b, what, notGroupId) {
+  let last = null;
+  return waitFor(async () => {
+    const x = await keys(a);
+    const y = await keys(b);
+    last = { a: x, b: y };
+    return x.group && x.sharing && y.sharing && x.groupId === y.groupId && x.epoch === y.epoch
+      && x.groupId !== notGroupId ? x : null;
+  }, { timeout: 30000, what }).catch(async (e) => {
+    const detail = async (p) => p.evaluate(() => ({
+      state: window.confideTest.state(),
+      mlsIn: window.__test.mlsIn.slice(-6).map((m) => ({ type: m.type, epoch: m.epoch })),
+      sent: window.__test.sent.slice(-8).map((m) => m.type),
+      chat: [...document.querySelectorAll('#chat-log li.system')].slice(-4).map((li) => li.textContent),
+      banner: document.getElementById('banner').textContent,
+    }));
+    throw new Error(`${e.message}; ${JSON.stringify({ last, a: await detail(a), b: await detail(b) })}`);
+  });
+}
+
+/** The safety code both pages show, once they show the same one. */
+async function equalSafetyCode(a, b) {
   return waitFor(async () => {
     const x = await a.locator('#safety-code').getAttribute('data-code');
     const y = await b.locator('#safety-code').getAttribute('data-code');
-    return x && x === y && x !== oldCode ? x : null;
-  }, { timeout: 30000, what: 'a new, equal safety code on both sides' });
+    return x && x === y ? x : null;
+  }, { timeout: 30000, what: 'an equal safety code on both sides' });
+}
+
+async function e2eeOk(p, what) {
+  await waitFor(async () => (await p.locator('#e2ee-indicator').getAttribute('data-state')) === 'ok',
+    { timeout: 30000, what: `${what}: "End-to-end encrypted"` });
+  assert.equal(await p.locator('#e2ee-text').innerText(), 'End-to-end encrypted');
+}
+
+/** A REST call with the session of page `p`. */
+async function rest(p, method, url, body) {
+  return p.evaluate(async ([m, u, b]) => {
+    const r = await fetch(u, {
+      method: m,
+      headers: { Authorization: `Bearer ${sessionStorage.getItem('confide.token')}`, 'Content-Type': 'application/json' },
+      body: b === undefined ? undefined : JSON.stringify(b),
+    });
+    let json = null;
+    try { json = await r.json(); } catch { /* empty */ }
+    return { status: r.status, json };
+  }, [method, url, body]);
+}
+
+/** The doctor's commits the page sent since `since` (ms). */
+async function commitsSent(p, since) {
+  return p.evaluate((t) => window.__test.sent.filter((m) => m.type === 'mls_commit' && m.at >= t), since);
 }
 
 describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () => {
@@ -175,9 +235,13 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await p.locator('#view-call').waitFor({ state: 'visible', timeout: 20000 });
     assert.equal(await view(d), 'call');
     assert.equal(await view(p), 'call');
-    for (const x of [d, p]) {
-      assert.match(await x.locator('#e2ee-indicator').innerText(), /End-to-end encrypted/);
-    }
+    // "Connecting keys…" until the doctor's Add is accepted and the patient has joined
+    // from the Welcome and checked the doctor's key; then both are in one group.
+    for (const [name, x] of [['doctor', d], ['patient', p]]) await e2eeOk(x, name);
+    await sameGroup(d, p, 'one MLS group on both pages');
+    // The Admit click went out as an MLS commit with the Welcome, not a plain admit.
+    const sent = await d.evaluate(() => window.__test.sent.map((m) => m.type));
+    assert.ok(sent.includes('mls_commit') && !sent.includes('admit') && !sent.includes('e2ee'), `doctor sent ${sent}`);
     assert.equal((await d.evaluate(() => window.confideTest.state())).mode, 'script');
     assert.equal((await p.evaluate(() => window.confideTest.state())).mode, 'streams');
   });
@@ -205,6 +269,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       assert.ok(st.decrypted.video > 100, `${name} decrypted ${st.decrypted.video} video frames`);
       assert.ok(st.sent.video > 100, `${name} encrypted ${st.sent.video} video frames`);
       assert.equal(st.dropped_unencrypted, 0, `${name} had frames it could not encrypt`);
+      assert.ok(st.sharing, `${name} does not share keys`);
       // Only the few frames that beat the sender's key may fail; the indicator is calm.
       assert.ok(st.failed.video < 30, `${name}: ${st.failed.video} video frames failed to decrypt`);
       assert.equal(await p.locator('#e2ee-indicator').getAttribute('data-state'), 'ok');
@@ -215,20 +280,43 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     }
   });
 
-  test('both show the same safety code', async () => {
+  test('both show the same safety code, the one the directory\'s keys give', async () => {
     const codes = {};
     for (const name of ['doctor', 'patient']) {
       codes[name] = await waitFor(async () => {
         const c = await page[name].locator('#safety-code').getAttribute('data-code');
-        return c && /^\d{8,}$/.test(c) ? c : null;
+        return c && /^\d{30}$/.test(c) ? c : null;
       }, { what: `${name}: safety code` });
       assert.match(await page[name].locator('#safety').innerText(), /[Cc]ompare this code aloud/);
+      // The roster entry of the other person carries the same code.
+      const entry = await page[name].locator('#roster li').first().locator('.code').getAttribute('data-code');
+      assert.equal(entry, codes[name]);
     }
     assert.equal(codes.doctor, codes.patient);
+    // Computed here from the two devices' public keys, as the directory logs them.
+    const w = await wasm();
+    const members = (await page.doctor.evaluate(() => window.confideTest.state())).roster;
+    assert.equal(members.length, 2);
+    const [a, b] = members;
+    const code = w.pairCode(a.principal, a.device, unb64(a.key), b.principal, b.device, unb64(b.key));
+    assert.equal(code.replace(/\s+/g, ''), codes.doctor);
   });
 
-  test('the identity secret is stored only sealed, under a non-extractable key', async () => {
+  test('each marks the other verified after comparing: a persistent Verified tick', async () => {
     for (const name of ['doctor', 'patient']) {
+      const p = page[name];
+      const entry = p.locator('#roster li').first();
+      assert.equal(await entry.locator('.verified').count(), 0, `${name}: verified before comparing`);
+      await entry.getByRole('button', { name: /Mark .* as verified/ }).click();
+      await entry.locator('.verified[data-verified="true"]').waitFor({ timeout: 10000 });
+      assert.match(await entry.innerText(), /Verified/);
+      assert.equal(await entry.getAttribute('data-status'), 'verified');
+    }
+  });
+
+  test('the device secret and MLS state are stored only sealed, under a non-extractable key', async () => {
+    for (const name of ['doctor', 'patient']) {
+      const me = (await page[name].evaluate(() => window.confideTest.state())).device;
       const records = await page[name].evaluate(async () => {
         const db = await new Promise((resolve, reject) => {
           const q = indexedDB.open('confide-e2ee');
@@ -245,38 +333,52 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
         for (const r of all) {
           let exported = false;
           try { await crypto.subtle.exportKey('raw', r.wrapKey); exported = true; } catch { /* refused */ }
-          // Page script may use the key (that is how the page opens the secret), but
-          // it opens to exactly one 32-byte Ed25519 secret, nothing else is stored.
+          // Page script may use the key (that is how the worker opens the record); what
+          // it opens to is the device's secret, state, pins and log head, nothing else.
           const plain = new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: r.iv }, r.wrapKey, r.sealed));
+          const c = JSON.parse(new TextDecoder().decode(plain));
+          const secret = Uint8Array.from(atob(c.secret), (ch) => ch.charCodeAt(0));
+          const sealed = new Uint8Array(r.sealed).join(',');
           out.push({
             fields: Object.keys(r).sort(),
+            principal: /^(account|guest):\d+$/.test(r.principal),
+            device: r.device,
             isCryptoKey: r.wrapKey instanceof CryptoKey,
             extractable: r.wrapKey.extractable,
             algorithm: r.wrapKey.algorithm.name,
             usages: [...r.wrapKey.usages].sort(),
             exported,
             ivBytes: r.iv.byteLength,
-            sealedBytes: r.sealed.byteLength,
-            plainBytes: plain.length,
-            sealedContainsPlain: new Uint8Array(r.sealed).join(',').includes(plain.join(',')),
+            contents: Object.keys(c).sort(),
+            secretBytes: secret.length,
+            hasState: c.state.length > 100,
+            hasLogKey: c.logKey.length > 20,
+            sealedContainsSecret: sealed.includes(secret.join(',')),
+            sealedContainsText: sealed.includes(new TextEncoder().encode('"secret"').join(',')),
           });
           plain.fill(0);
+          secret.fill(0);
         }
         return out;
       });
-      assert.equal(records.length, 1, `${name}: one identity per account and browser profile`);
+      assert.equal(records.length, 1, `${name}: one device per principal and browser profile`);
       assert.deepEqual(records[0], {
-        fields: ['iv', 'sealed', 'v', 'wrapKey'],
+        fields: ['device', 'iv', 'principal', 'sealed', 'v', 'wrapKey'],
+        principal: true,
+        device: me,
         isCryptoKey: true,
         extractable: false,
         algorithm: 'AES-GCM',
         usages: ['decrypt', 'encrypt'],
         exported: false,
         ivBytes: 12,
-        sealedBytes: 48,
-        plainBytes: 32,
-        sealedContainsPlain: false,
-      }, `${name}: the stored identity record`);
+        contents: ['logHead', 'logKey', 'pins', 'secret', 'state'],
+        secretBytes: 32,
+        hasState: true,
+        hasLogKey: true,
+        sealedContainsSecret: false,
+        sealedContainsText: false,
+      }, `${name}: the stored device record`);
     }
   });
 
@@ -358,11 +460,17 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
         .observe(b, { childList: true, characterData: true, subtree: true });
     });
     const oldCode = await p.locator('#safety-code').getAttribute('data-code');
+    const oldGroup = (await keys(d)).groupId;
     await d.evaluate(() => window.confideTest.dropSignaling());
     await waitFor(async () => (await d.evaluate(() => window.__banners.join('|'))).includes('Reconnecting'),
       { timeout: 10000, what: 'the reconnect banner' });
     await backInCall(d, 'the doctor back in the call');
-    assert.ok(await newEqualSafetyCode(d, p, oldCode));
+    // The doctor's device makes a new group and adds the patient again; the patient
+    // joins it from the Welcome. The devices did not change, so neither did the code,
+    // and the pair is still Verified.
+    await sameGroup(d, p, 'a new group on both pages after the doctor rejoined', oldGroup);
+    assert.equal(await equalSafetyCode(d, p), oldCode);
+    for (const x of [d, p]) await x.locator('#roster li .verified').first().waitFor({ timeout: 10000 });
     for (const [name, x] of [['doctor', d], ['patient', p]]) {
       await waitFor(async () => {
         const s = await inboundStats(x, { lastOnly: true });
@@ -431,42 +539,191 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await ctx.unsupported.close();
   });
 
-  test('a real key offer replayed under another participant\'s id is refused; the call keeps its keys', async () => {
-    const d = page.doctor;
-    await d.evaluate(() => {
+  test('a real Welcome replayed by the server is refused; the call keeps its keys', async () => {
+    const p = page.patient;
+    await p.evaluate(() => {
       window.__indicator = [];
       new MutationObserver(() => window.__indicator.push(document.getElementById('e2ee-text').textContent))
         .observe(document.getElementById('e2ee-text'), { childList: true, characterData: true, subtree: true });
     });
-    const before = await d.evaluate(() => window.confideTest.e2eeStats());
-    // The patient's latest key offer, exactly as the server delivered it, arrives again
-    // on the doctor's live signaling socket, now claiming another sender: what a
-    // server (or anyone relaying) would do to splice itself into the key exchange.
-    const r = await d.evaluate(() => {
-      const offers = window.__test.e2eeIn.filter((m) => atob(m.blob).charCodeAt(0) === 1);
-      const real = offers[offers.length - 1];
-      const ws = window.__test.sockets.filter((s) => s.readyState === WebSocket.OPEN).pop();
-      if (!real || !ws) return { error: `offers ${offers.length}, open socket ${!!ws}` };
-      const forged = Number(real.from) + 1000;
-      ws.dispatchEvent(new MessageEvent('message', { data: JSON.stringify({ type: 'e2ee', from: forged, blob: real.blob }) }));
-      return { from: real.from, forged };
-    });
-    assert.ok(!r.error, `no offer to replay: ${r.error}`);
+    const before = await keys(p);
+    const st0 = await p.evaluate(() => window.confideTest.e2eeStats());
+    // The patient's latest Welcome, exactly as the server delivered it, arrives again
+    // on its live signaling socket: what a server would do to pull the patient back
+    // into a group state of its choosing.
+    const welcome = await p.evaluate(() => window.__test.mlsIn.filter((m) => m.type === 'mls_welcome').pop());
+    assert.ok(welcome, 'no Welcome to replay');
+    await inject(p, welcome);
     const shown = await waitFor(async () => {
-      const seen = await d.evaluate(() => window.__indicator.join('|'));
-      return /bound to another participant/.test(seen) ? seen : null;
+      const seen = await p.evaluate(() => window.__indicator.join('|'));
+      return /could not be verified/.test(seen) ? seen : null;
     }, { timeout: 10000, what: 'the refusal on the encryption indicator' });
-    assert.match(shown, /could not be verified/);
-    const after = await d.evaluate(() => window.confideTest.e2eeStats());
-    assert.ok(!after.peers.includes(r.forged), 'the forged sender got a session');
-    assert.deepEqual(after.peers, before.peers);
-    assert.deepEqual(after.keyed, before.keyed);
+    assert.ok(shown);
+    await p.locator('#chat-log li.system', { hasText: 'was refused' }).first().waitFor({ timeout: 5000 });
+    assert.deepEqual(await keys(p), before, 'the group changed');
+    const st1 = await p.evaluate(() => window.confideTest.e2eeStats());
+    assert.ok(st1.refused_messages > st0.refused_messages);
     // The call goes on with the keys it had.
     await waitFor(async () => {
-      const s = await d.evaluate(() => window.confideTest.e2eeStats());
-      return s.decrypted.video > after.decrypted.video + 30 ? s : null;
+      const s = await p.evaluate(() => window.confideTest.e2eeStats());
+      return s.decrypted.video > st1.decrypted.video + 30 ? s : null;
     }, { timeout: 15000, what: 'video still decrypting after the refusal' });
-    assert.equal(await view(d), 'call');
+    assert.equal(await view(p), 'call');
+  });
+
+  // ---------------------------------------------------------------- ghosts
+  //
+  // The test plays a malicious server that wants a device of its own to receive the
+  // consultation's keys. It holds that device's secrets (in Node, through the wasm
+  // module the browser uses) and, at the end, tries them on every frame the SFU
+  // forwarded.
+
+  const ghosts = { devices: [], decryptors: [] };
+
+  async function ghostDevice(principal) {
+    const w = await wasm();
+    const g = w.Device.generate(principal);
+    ghosts.devices.push(g);
+    return g;
+  }
+
+  /** The doctor's page, the patient's principal and device, and the room. */
+  async function scene() {
+    const d = page.doctor;
+    const st = await d.evaluate(() => window.confideTest.state());
+    const patient = st.roster.find((m) => !m.self);
+    const label = await d.evaluate((id) => document.querySelector(`#roster li[data-participant="${id}"] .who`).textContent,
+      String(st.peers[0]));
+    return { d, st, patient, label: label.replace(/ \(patient\)$/, '') };
+  }
+
+  /** Show `fake` in the doctor's waiting room and click its Admit button. */
+  async function admitFake(d, fake) {
+    await inject(d, { type: 'waiting_room', waiting: [fake] });
+    await d.locator(`#waiting-list li[data-participant="${fake.id}"] button`, { hasText: 'Admit' }).click();
+  }
+
+  test('ghost (a): a device the server made for the patient\'s account needs the doctor\'s acceptance; a rewritten directory answer is refused', async () => {
+    const { d, st, patient, label } = await scene();
+    const p = page.patient;
+    // The server registers a device of its own for the patient's account (the test
+    // uses the patient's session for that) and publishes KeyPackages for it: it is in
+    // the key directory and in the transparency log, like a real second device.
+    const ghost = await ghostDevice(patient.principal);
+    let r = await rest(p, 'PUT', `/api/devices/${ghost.deviceId}`, { signature_key: b64(ghost.signatureKey) });
+    assert.ok(r.status < 300, `registering the ghost: ${r.status}`);
+    r = await rest(p, 'POST', `/api/devices/${ghost.deviceId}/key_packages`, { key_packages: ghost.keyPackages(3), last_resort: ghost.lastResortKeyPackage() });
+    assert.ok(r.status < 300, `ghost KeyPackages: ${r.status}`);
+    const since = Date.now();
+    // Then it shows that device in the doctor's waiting room as the patient.
+    await admitFake(d, { id: 900001, role: 'patient', label, principal: patient.principal, device: ghost.deviceId });
+    const warning = d.locator(`#key-warnings li[data-kind="changed"][data-device="${ghost.deviceId}"]`);
+    await warning.waitFor({ timeout: 15000 });
+    assert.equal(await warning.locator('.text').innerText(), `${label}'s security key changed. Compare the code before you continue.`);
+    assert.ok(await warning.getByRole('button', { name: /accept the new key/ }).isVisible());
+    // The code shown is the one of the ghost's key: it would not match the patient's.
+    const code = await warning.locator('.code').getAttribute('data-code');
+    assert.notEqual(code, await d.locator('#safety-code').getAttribute('data-code'));
+
+    // The same ghost, with the directory answer rewritten to show another key for it:
+    // the log does not vouch for that key, so the doctor's page refuses outright.
+    const w = await wasm();
+    const other = w.Device.generate(patient.principal);
+    await d.route(`**/api/directory/${patient.principal}`, async (route) => {
+      const res = await route.fetch();
+      const json = await res.json();
+      for (const dev of json.devices) if (dev.device === ghost.deviceId) dev.signature_key = b64(other.signatureKey);
+      await route.fulfill({ response: res, json });
+    });
+    try {
+      await admitFake(d, { id: 900002, role: 'patient', label, principal: patient.principal, device: ghost.deviceId });
+      const refused = d.locator(`#key-warnings li[data-kind="refused"][data-device="${ghost.deviceId}"]`);
+      await refused.waitFor({ timeout: 15000 });
+      assert.match(await refused.innerText(), /was not admitted: their security key could not be checked/);
+    } finally {
+      await d.unroute(`**/api/directory/${patient.principal}`);
+      other.free();
+    }
+    // Nobody was added: no commit went out, the group is the doctor and the patient.
+    assert.deepEqual(await commitsSent(d, since), []);
+    const now = await d.evaluate(() => window.confideTest.state());
+    assert.equal(now.roster.length, 2);
+    assert.deepEqual(now.keys, st.keys);
+    await inject(d, { type: 'waiting_room', waiting: [] });
+    await waitFor(async () => (await d.locator('#key-warnings li').count()) === 0, { what: 'the warnings gone with the ghosts' });
+  });
+
+  test('ghost (b): a KeyPackage claiming the patient\'s key but signed by another key is refused', async () => {
+    const { d, st, patient, label } = await scene();
+    const w = await wasm();
+    // A device id the server made up for the patient's account, and a KeyPackage that
+    // names it with the patient's real public key, signed by a key the server holds.
+    const ghost = ghosts.devices[0];
+    const forged = forgeKeyPackage(w, patient.principal, ghost.deviceId, unb64(patient.key));
+    const url = `**/api/directory/${patient.principal}/devices/${ghost.deviceId}/key_package`;
+    await d.route(url, (route) => route.fulfill({ json: { key_package: b64(forged), last_resort: false } }));
+    const since = Date.now();
+    try {
+      await admitFake(d, { id: 900003, role: 'patient', label, principal: patient.principal, device: ghost.deviceId });
+      const refused = d.locator(`#key-warnings li[data-kind="refused"][data-device="${ghost.deviceId}"]`);
+      await refused.waitFor({ timeout: 15000 });
+      assert.match(await refused.innerText(), /was not admitted/);
+    } finally {
+      await d.unroute(url);
+    }
+    assert.deepEqual(await commitsSent(d, since), []);
+    assert.deepEqual((await d.evaluate(() => window.confideTest.state())).keys, st.keys);
+    await inject(d, { type: 'waiting_room', waiting: [] });
+  });
+
+  test('ghost (c): a commit the ghost signed itself, adding a device, is refused by both; the call goes on', async () => {
+    const { d, st } = await scene();
+    const p = page.patient;
+    const w = await wasm();
+    // The ghost's own group under this consultation, committing an Add of a second
+    // ghost device; the server rewrites the commit's header to name the real group and
+    // epoch and delivers it as if the doctor had sent it.
+    const ghost = ghosts.devices[0];
+    const second = await ghostDevice('account:999999');
+    const fake = w.Group.create(ghost, String(demo.appointment));
+    const dec = new w.GroupFrameDecryptor(w.suiteChaCha20Poly1305());
+    dec.install(fake.epochSecret(ghost));
+    const c = fake.add(ghost, [w.KeyPackage.parse(ghost, unb64(second.keyPackages(1)[0]))]);
+    fake.confirmCommit(ghost);
+    dec.install(fake.epochSecret(ghost));
+    ghosts.decryptors.push(dec);
+    const groupId = unb64(st.keys.groupId);
+    const forged = reheadPrivateMessage(c.commit, groupId, st.keys.epoch);
+    assert.deepEqual(privateMessageHeader(forged), { groupId, epoch: st.keys.epoch });
+    const doctorId = (await p.evaluate(() => window.confideTest.state())).peers[0];
+    for (const x of [d, p]) {
+      await inject(x, { type: 'mls_commit', from: doctorId, epoch: st.keys.epoch + 1, commit: b64(forged) });
+    }
+    for (const x of [d, p]) {
+      await x.locator('#chat-log li.system', { hasText: 'was refused' }).last().waitFor({ timeout: 10000 });
+      const k = await keys(x);
+      assert.equal(k.epoch, st.keys.epoch, 'the epoch moved');
+      assert.equal(k.groupId, st.keys.groupId);
+      assert.equal((await x.evaluate(() => window.confideTest.state())).roster.length, 2);
+    }
+    await decodingAgain('doctor', 'video decoding after the forged commit');
+    await decodingAgain('patient', 'video decoding after the forged commit');
+    fake.free();
+  });
+
+  test('nothing the ghosts hold opens a frame the SFU forwarded', { skip: TAP_SKIP }, async () => {
+    const frames = tappedFrames(readTap(TAP));
+    assert.ok(frames.length > 200, `only ${frames.length} frames tapped`);
+    assert.ok(ghosts.decryptors.length > 0);
+    assert.equal(opened(ghosts.decryptors, frames), 0, 'a ghost opened a forwarded frame');
+    // The ghost device of (a) never got a Welcome: no page sent one for it.
+    for (const name of ['doctor', 'patient']) {
+      const sent = await page[name].evaluate(() => window.__test.sent.filter((m) => m.type === 'mls_commit'));
+      assert.ok(sent.every((m) => !(m.add || []).some((id) => id >= 900000)), `${name} added a ghost`);
+    }
+    // The server forgets the ghost device (revoked in the log).
+    const r = await rest(page.patient, 'DELETE', `/api/devices/${ghosts.devices[0].deviceId}`);
+    assert.ok(r.status < 300, `revoking the ghost: ${r.status}`);
   });
 
   /** Watches the page's banner; `banners(p)` returns what it showed since. */
@@ -532,6 +789,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     const me = (await p.evaluate(() => window.confideTest.state())).you;
     const pcsBefore = await p.evaluate(() => window.__test.pcs.length);
     const oldCode = await p.locator('#safety-code').getAttribute('data-code');
+    const before = await keys(d);
     cutMedia(me);
     try {
       // ICE restart fails too (the path is still cut); after REJOIN_AFTER_MS the page
@@ -542,7 +800,12 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       cutMedia(null);
     }
     await backInCall(p, 'the patient back in the call');
-    assert.ok(await newEqualSafetyCode(d, p, oldCode));
+    // The doctor's device removed the patient's old leaf when it left and added the
+    // patient's device again when it came back: a later epoch of the same group.
+    const after = await sameGroup(d, p, 'the patient back in the doctor\'s group');
+    assert.equal(after.groupId, before.groupId);
+    assert.ok(after.epoch >= before.epoch + 2, `epoch ${before.epoch} -> ${after.epoch}`);
+    assert.equal(await equalSafetyCode(d, p), oldCode);
     await decodingAgain('patient', 'video decoding again after the rejoin');
     await decodingAgain('doctor', 'the patient\'s video decoding again after the rejoin');
     assert.equal(await view(p), 'call');
@@ -646,8 +909,9 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       assert.equal(safety[a][you[b]], safety[b][you[a]], `${a} and ${b} see different safety codes`);
     }
 
-    // The guest leaves: their tile goes on both other pages, and both rotate to a new
-    // sender key sealed only to those who remain; media goes on.
+    // The guest leaves: their tile goes on both other pages, the doctor's device commits
+    // a Remove, and both send under the new epoch's keys, which the guest never had;
+    // media goes on.
     const kidsBefore = {};
     for (const name of ['doctor', 'patient']) {
       kidsBefore[name] = (await page[name].evaluate(() => window.confideTest.samples())).kids;
@@ -664,7 +928,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       await waitFor(async () => {
         const k = (await x.evaluate(() => window.confideTest.samples())).kids;
         return k.some((kid) => !kidsBefore[name].includes(kid)) ? k : null;
-      }, { timeout: 20000, what: `${name}: a new sender key after the guest left` });
+      }, { timeout: 20000, what: `${name}: a new epoch's key after the guest left` });
     }
     await decodingAgain('doctor', 'video decoding after the guest left');
     await decodingAgain('patient', 'video decoding after the guest left');
@@ -680,5 +944,112 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       assert.notEqual(await view(page[name]), 'call');
     }
     await page.patient.screenshot({ path: path.join(OUT, 'patient-ended.png'), fullPage: true });
+  });
+
+  // ---------------------------------------------------------------- a second consultation
+
+  let second;          // the second appointment's id
+  let patientId;       // the patient's participant id in it
+
+  /** Open consultation `id` from the appointments list: pre-call check, then the call
+   * view (doctor) or the waiting room (everyone else; consent was given already). */
+  async function openConsultation(p, id, waitingRoom) {
+    await p.goto(`${BASE}/?test=1#/appointments`);
+    await p.locator(`a[data-appointment="${id}"]`).click({ timeout: 15000 });
+    await p.locator('#view-precall').waitFor({ state: 'visible', timeout: 15000 });
+    await p.getByRole('button', { name: 'Continue' }).click({ timeout: 15000 });
+    await p.locator(waitingRoom ? '#view-waiting' : '#view-call').waitFor({ state: 'visible', timeout: 20000 });
+  }
+
+  test('a second consultation of the same doctor and patient: the pair is Verified without comparing again', async () => {
+    const d = page.doctor;
+    const p = page.patient;
+    // The doctor books it (same browsers: the same devices, pins and log head).
+    const list = await rest(d, 'GET', '/api/appointments');
+    const first = list.json.find((a) => a.id === demo.appointment);
+    assert.ok(first && first.patient, 'the first appointment and its patient');
+    const booked = await rest(d, 'POST', '/api/appointments', {
+      doctor: first.doctor.id, patient: first.patient.id, start: Math.floor(Date.now() / 1000), duration_min: 30,
+    });
+    assert.equal(booked.status, 201, `booking: ${JSON.stringify(booked.json)}`);
+    second = booked.json.id;
+    await openConsultation(d, second, false);
+    await openConsultation(p, second, true);
+    const admit = d.locator('#waiting-list button', { hasText: 'Admit' });
+    await admit.first().waitFor({ timeout: 20000 });
+    await admit.first().click();
+    await p.locator('#view-call').waitFor({ state: 'visible', timeout: 20000 });
+    for (const [name, x] of [['doctor', d], ['patient', p]]) await e2eeOk(x, name);
+    await sameGroup(d, p, 'the second consultation\'s group');
+    for (const [name, x] of [['doctor', d], ['patient', p]]) {
+      const entry = x.locator('#roster li').first();
+      await entry.locator('.verified[data-verified="true"]').waitFor({ timeout: 10000 });
+      assert.equal(await entry.getAttribute('data-status'), 'verified', `${name}: not verified`);
+      assert.equal(await x.locator('#key-warnings li').count(), 0, `${name}: a key warning`);
+    }
+    patientId = (await d.evaluate(() => window.confideTest.state())).peers[0];
+    await decodingAgain('doctor', 'video in the second consultation');
+  });
+
+  test('the doctor comes back on a new device: the patient is warned and sends nothing until it accepts; the acceptance survives a reload', async () => {
+    const p = page.patient;
+    // The doctor leaves and logs in again from another browser: a new device, a new key.
+    await page.doctor.getByRole('button', { name: 'Leave', exact: true }).click();
+    await page.doctor.locator('#view-message[data-kind="left"]').waitFor({ timeout: 15000 });
+    const d2 = await openAs('doctor2');
+    await login(d2, demo.doctor);
+    await openConsultation(d2, second, false);
+    const doctorLabel = (await rest(d2, 'GET', '/api/me')).json.label;
+    // The patient joins the new device's group, checks its owner against the pins:
+    // the doctor's principal has another device pinned. A warning, keys withheld.
+    const warning = p.locator('#key-warnings li[data-kind="changed"]');
+    await warning.waitFor({ timeout: 30000 });
+    assert.equal(await warning.locator('.text').innerText(), `${doctorLabel}'s security key changed. Compare the code before you continue.`);
+    assert.equal(await p.locator('#e2ee-indicator').getAttribute('data-state'), 'warn');
+    // The code in the warning is the one the new doctor device shows for the patient.
+    const code = await warning.locator('.code').getAttribute('data-code');
+    await waitFor(async () => (await d2.locator('#safety-code').getAttribute('data-code')) === code ? true : null,
+      { what: 'the same code on the doctor\'s new device' });
+    // Nothing goes out from the patient while the key is not accepted: frames are
+    // withheld, no chat can be sealed, and the new doctor device opens nothing of the
+    // patient's.
+    const s0 = await p.evaluate(() => window.confideTest.e2eeStats());
+    await new Promise((r) => setTimeout(r, 3000));
+    const s1 = await p.evaluate(() => window.confideTest.e2eeStats());
+    assert.equal(s1.sharing, false);
+    assert.equal(s1.sent.video + s1.sent.audio, s0.sent.video + s0.sent.audio, 'frames were sent before the key was accepted');
+    assert.ok(s1.withheld > s0.withheld + 20, `withheld ${s0.withheld} -> ${s1.withheld}`);
+    const heard = await d2.evaluate(() => window.confideTest.e2eeStats());
+    assert.equal(heard.decrypted_from[patientId] || 0, 0);
+    await p.getByLabel('Message').fill('are you there?');
+    await p.getByRole('button', { name: 'Send' }).click();
+    await p.locator('#chat-log li.system', { hasText: 'could not be encrypted yet' }).waitFor({ timeout: 5000 });
+
+    // The patient compares the code and accepts: keys are shared, media flows.
+    await warning.getByRole('button', { name: /accept the new key/ }).click();
+    await e2eeOk(p, 'patient after accepting');
+    await sameGroup(d2, p, 'the new doctor device\'s group');
+    const dState = await d2.evaluate(() => window.confideTest.state());
+    await waitFor(async () => {
+      const s = await d2.evaluate(() => window.confideTest.e2eeStats());
+      return (s.decrypted_from[dState.peers[0]] || 0) > 50 ? s : null;
+    }, { timeout: 30000, what: 'the new doctor device decrypting the patient' });
+
+    // The patient reloads: the acceptance was stored; no warning this time.
+    await p.reload();
+    await p.locator('#view-precall').waitFor({ state: 'visible', timeout: 20000 });
+    await p.getByRole('button', { name: 'Continue' }).click({ timeout: 15000 });
+    await p.locator('#view-call').waitFor({ state: 'visible', timeout: 30000 });
+    await e2eeOk(p, 'patient after the reload');
+    await sameGroup(d2, p, 'the patient back in the group after the reload');
+    assert.equal(await p.locator('#key-warnings li').count(), 0);
+    assert.equal(await p.locator('#roster li').first().getAttribute('data-status'), 'pinned');
+  });
+
+  test('MLS timings in Chromium: group create, add 1 and 7, a commit and a Welcome processed', async () => {
+    const t = await page.patient.evaluate(() => window.confideTest.benchmark());
+    writeFileSync(path.join(OUT, 'mls-timings.json'), JSON.stringify(t, null, 2));
+    console.log(`MLS timings in Chromium (median ms): ${Object.entries(t).map(([k, v]) => `${k} ${v.median}`).join(', ')}`);
+    for (const k of ['create', 'add1', 'add7', 'commit', 'welcome']) assert.ok(t[k].median > 0 && t[k].median < 2000, `${k}: ${t[k].median} ms`);
   });
 });

@@ -216,11 +216,13 @@ export const INIT_SCRIPT = `(() => {
     Object.setPrototypeOf(Wrapped, Orig);
     window.RTCPeerConnection = Wrapped;
   }
-  // Signaling sockets, and the e2ee messages the server delivered on them, so a test
-  // can replay a real key offer under another sender's id.
+  // Signaling sockets, the key-layer messages the server delivered on them and what the
+  // page sent, so a test can replay a real message or play a malicious server (inject
+  // messages on the live socket) and check what the page did about it.
   const OrigWs = window.WebSocket;
   window.__test.sockets = [];
-  window.__test.e2eeIn = [];
+  window.__test.mlsIn = [];
+  window.__test.sent = [];
   if (OrigWs) {
     const WrappedWs = function (...args) {
       const ws = new OrigWs(...args);
@@ -229,9 +231,19 @@ export const INIT_SCRIPT = `(() => {
         if (!e.isTrusted) return;
         try {
           const m = JSON.parse(e.data);
-          if (m && m.type === 'e2ee') window.__test.e2eeIn.push({ from: m.from, blob: m.blob });
+          if (m && typeof m.type === 'string' && m.type.startsWith('mls_')) window.__test.mlsIn.push(m);
         } catch { /* not JSON */ }
       });
+      const send = ws.send.bind(ws);
+      ws.send = (data) => {
+        try {
+          const m = JSON.parse(data);
+          if (m && m.type !== 'ping') {
+            window.__test.sent.push({ type: m.type, add: m.add, welcome: !!m.welcome, at: Date.now() });
+          }
+        } catch { /* not JSON */ }
+        return send(data);
+      };
       return ws;
     };
     WrappedWs.prototype = OrigWs.prototype;
@@ -285,6 +297,17 @@ export async function videoVariance(page, selector) {
     const mean = sum / n;
     return { width: v.videoWidth, height: v.videoHeight, variance: sum2 / n - mean * mean };
   }, selector);
+}
+
+/** In-page: deliver `msg` on the page's live signaling socket, as if the server sent it. */
+export async function inject(page, msg) {
+  const ok = await page.evaluate((m) => {
+    const ws = window.__test.sockets.filter((s) => s.readyState === WebSocket.OPEN).pop();
+    if (!ws) return false;
+    ws.dispatchEvent(new MessageEvent('message', { data: JSON.stringify(m) }));
+    return true;
+  }, msg);
+  if (!ok) throw new Error('no open signaling socket to inject into');
 }
 
 export async function waitFor(fn, { timeout = 30000, interval = 250, what = 'condition' } = {}) {

@@ -20,8 +20,8 @@ export function setToken(t) {
   else sessionStorage.removeItem(TOKEN_KEY);
 }
 
-async function request(method, path, body) {
-  const headers = { Accept: 'application/json' };
+async function request(method, path, body, { text = false } = {}) {
+  const headers = { Accept: text ? 'text/plain' : 'application/json' };
   const t = token();
   if (t) headers.Authorization = `Bearer ${t}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -38,6 +38,7 @@ async function request(method, path, body) {
     throw new ApiError(0, 'network', 'The server cannot be reached. Check your connection.');
   }
   if (res.status === 204) return null;
+  if (text && res.ok) return res.text();
   let data = null;
   try { data = await res.json(); } catch { data = null; }
   if (!res.ok) {
@@ -45,6 +46,15 @@ async function request(method, path, body) {
     throw new ApiError(res.status, e.code, e.message);
   }
   return data;
+}
+
+/** A REST call for the E2EE worker's key layer (key directory, audit log): the worker
+ * never holds the session token, it asks the page (e2ee.js). Only these paths. */
+export function keyLayerRequest(method, path, body, text) {
+  if (!/^\/(devices|directory|audit)\//.test(path)) {
+    return Promise.reject(new ApiError(0, 'forbidden_path', 'not a key-layer path'));
+  }
+  return request(method, path, body, { text });
 }
 
 export const api = {

@@ -1,19 +1,23 @@
-// One consultation: signaling, the waiting room, the media connection, E2EE keys,
-// chat, and reconnection.
+// One consultation: signaling, the waiting room, the media connection, the key layer
+// (through the E2EE worker), chat, and reconnection.
 //
 // Media: every client sends `media_offer` once admitted and answers any `media_offer`
-// the server sends (the SFU renegotiates when tracks come and go; the peer-to-peer
-// stand-in forwards the other side's offer). Every sender and receiver gets an
-// encoded-frame transform before media flows (e2ee.js); there is no unencrypted path.
+// the server sends (the SFU renegotiates when tracks come and go). Every sender and
+// receiver gets an encoded-frame transform before media flows (e2ee.js); there is no
+// unencrypted path: until the keys are there, frames are withheld.
 //
 // Group consultations: the SFU sends each other participant's tracks under the stream id
 // `confide-<participant id>`; each participant gets a tile of its own (video and sound),
 // removed when they leave. The doctor can invite guests (interpreter, relative, second
 // clinician) with a single-use link; they wait until admitted like the patient.
 //
-// Keys (design.md "E2EE model"): on entering the call we send our signed key offer to
-// every admitted peer; a newcomer gets it on `participant_joined`. Whoever receives an
-// offer derives the pairwise keys and answers with its sender key sealed under them.
+// Keys (docs/keys.md): one MLS group per consultation, made by the doctor's device.
+// The doctor's Admit checks the participant's device in the key directory (with
+// key-transparency proofs) and against the pins, then commits an Add (`mls_commit` with
+// the Welcome); a participant who leaves is removed by a commit; a doctor who comes back
+// makes a new group with everyone in it; a participant who comes back is added again.
+// The people shown, their safety codes and the Verified ticks come from the group. The
+// doctor's commits go out one at a time (`keyJob`), each waiting for the server's answer.
 
 import { api } from './api.js';
 import { E2ee } from './e2ee.js';
@@ -31,7 +35,17 @@ const REFUSALS = {
   outside_window: ['Not open yet', 'This consultation is not open at this time. Please come back at the appointment time.'],
   consultation_ended: ['This consultation is over', 'The consultation has ended.'],
   already_joined: ['Already open elsewhere', 'You are already in this consultation in another window or device.'],
+  unknown_device: ['This device is not registered', 'The security key of this browser could not be registered with the clinic. Reload the page to try again.'],
 };
+
+// Server refusals of an `mls_commit` (the pending commit is dropped).
+const COMMIT_ERRORS = new Set(['stale_commit', 'wrong_group', 'invalid_message', 'not_doctor', 'unknown_participant',
+  'consultation_full', 'too_large', 'not_admitted', 'not_in_consultation', 'rate_limited']);
+const COMMIT_TIMEOUT_MS = 20000;
+// A room participant not in the group this long after joining is shown in red.
+const ROSTER_GRACE_MS = 5000;
+
+const info = (p) => ({ id: p.id, principal: p.principal, device: p.device || null, label: p.label, role: p.role });
 
 export class Consultation {
   constructor({ appointment, me, media, token, testMode, onExit }) {
@@ -45,11 +59,16 @@ export class Consultation {
     this.e2ee = null;
     this.pc = null;
     this.you = null;             // our participant id in this consultation
-    this.peers = new Map();      // participant id -> {role, label}
-    this.safety = new Map();     // participant id -> safety code text
+    this.peers = new Map();      // participant id -> {role, label, principal, device, joinedAt}
+    this.waiting = [];           // the waiting room (doctor)
+    this.keys = { group: false, sharing: false, roster: [] }; // the worker's last snapshot
+    this.warnings = new Map();   // "principal/device" -> key warning shown
+    this.keyJobs = Promise.resolve(); // the doctor's commits, one at a time
+    this.commitWaiter = null;    // the commit awaiting the server's answer
+    this.mediaWarn = null;       // decryption trouble, shown on the badge
     this.inCall = false;
     this.done = false;
-    this.pendingChat = [];       // our own messages awaiting the server's echo
+    this.echoes = [];            // our own group messages awaiting the server's echo
     this.tiles = new Map();      // participant id -> {fig, video, stream}
     this.timers = [];
     this.lastStats = null;
@@ -65,7 +84,10 @@ export class Consultation {
   async start() {
     try {
       this.e2ee = new E2ee();
-      await this.e2ee.call('init', { account: this.meInfo.label + '#' + this.role });
+      const principal = this.meInfo.principal;
+      if (!principal) throw new Error('the server did not say who you are');
+      const { device } = await this.e2ee.call('init', { principal, test: this.testMode });
+      this.device = device;
     } catch (e) {
       this.exit('unsupported', 'This browser cannot protect your consultation',
         `End-to-end encryption could not be started here (${e.message}). The consultation will not start without it.`);
@@ -86,7 +108,7 @@ export class Consultation {
 
   onUp({ reconnected }) {
     if (reconnected) banner('Reconnected. Rejoining the consultation…');
-    this.sig.send({ type: 'join', consultation: this.appt.id });
+    this.sig.send({ type: 'join', consultation: this.appt.id, device: this.device });
   }
 
   onDown() {
@@ -97,6 +119,7 @@ export class Consultation {
     this.wasInCall = this.wasInCall || this.inCall;
     this.inCall = false;
     this.teardownMedia();
+    if (this.commitWaiter) this.finishCommit(false, { code: 'connection_lost' }).catch(() => {});
   }
 
   onHandlerError(err) {
@@ -124,6 +147,8 @@ export class Consultation {
     for (const t of this.timers) clearInterval(t);
     clearTimeout(this.iceTimer);
     clearTimeout(this.rejoinTimer);
+    if (this.commitWaiter) clearTimeout(this.commitWaiter.timer);
+    this.commitWaiter = null;
     this.teardownMedia();
     this.sig.close();
     if (this.e2ee) this.e2ee.terminate();
@@ -159,8 +184,14 @@ export class Consultation {
         break;
       case 'participant_denied':
         break;
-      case 'e2ee':
-        await this.onE2ee(msg.from, msg.blob);
+      case 'mls_accepted':
+        await this.finishCommit(true, msg);
+        break;
+      case 'mls_commit':
+        await this.onMlsCommit(msg);
+        break;
+      case 'mls_welcome':
+        await this.onWelcome(msg);
         break;
       case 'chat':
         await this.onChat(msg);
@@ -186,6 +217,7 @@ export class Consultation {
           msg.reason === 'time_window_closed' ? 'The appointment time is over.' : 'The doctor ended the consultation. Thank you.');
         break;
       case 'error':
+        if (this.commitWaiter && COMMIT_ERRORS.has(msg.code)) await this.finishCommit(false, msg);
         this.onServerError(msg);
         break;
       default:
@@ -206,6 +238,10 @@ export class Consultation {
     }
     if (msg.code === 'consultation_full') {
       banner('The consultation is full: 8 people are in it. Someone has to leave before you can admit another.');
+      return;
+    }
+    if (msg.code === 'stale_commit' || msg.code === 'wrong_group') {
+      // The doctor's device starts again from the group's current state.
       return;
     }
     if (msg.code === 'consultation_ended') {
@@ -229,13 +265,26 @@ export class Consultation {
 
   renderWaitingList(waiting) {
     if (this.role !== 'doctor') return;
+    this.waiting = waiting;
+    // A warning about someone who is no longer waiting nor here goes with them.
+    for (const [k, wv] of this.warnings) {
+      if (wv.participant !== undefined && !waiting.some((p) => p.id === wv.participant) && !this.peers.has(wv.participant)) {
+        this.warnings.delete(k);
+      }
+    }
+    this.renderWarnings();
     const list = $('waiting-list');
     list.replaceChildren();
     $('waiting-list-empty').hidden = waiting.length > 0;
     for (const p of waiting) {
       const admit = el('button', { type: 'button', class: 'primary', text: 'Admit', 'data-participant': String(p.id) });
       admit.setAttribute('aria-label', `Admit ${p.label}`);
-      admit.addEventListener('click', () => this.sig.send({ type: 'admit', participant: p.id }));
+      // Admitting is adding to the group: the server admits whoever the doctor's
+      // accepted commit adds (docs/keys.md, "Admitting someone").
+      admit.addEventListener('click', () => {
+        admit.disabled = true;
+        this.keyJob(() => this.addParticipants([p])).finally(() => { admit.disabled = false; });
+      });
       const deny = el('button', { type: 'button', text: 'Deny', 'data-participant': String(p.id) });
       deny.setAttribute('aria-label', `Deny ${p.label}`);
       deny.addEventListener('click', () => this.sig.send({ type: 'deny', participant: p.id }));
@@ -257,19 +306,19 @@ export class Consultation {
     this.inCall = true;
     this.wasInCall = true;
     this.peers.clear();
-    this.safety.clear();
-    this.offeredTo = new Set();  // peers that have our key offer of this session
-    for (const p of participants) if (p.id !== you) this.peers.set(p.id, p);
+    for (const p of participants) if (p.id !== you) this.peers.set(p.id, { ...p, joinedAt: Date.now() });
     banner(null);
     this.showCall();
-
-    const { offer } = await this.e2ee.call('start', {
-      consultation: this.appt.id, participant: you, samples: this.testMode,
-    });
-    // Our key offer to everyone already here (they answer with their sender keys).
-    if (this.peers.size > 0) {
-      this.send({ type: 'e2ee', blob: offer });
-      for (const id of this.peers.keys()) this.offeredTo.add(id);
+    await this.syncParticipants();
+    // The doctor opens a new group; everyone else waits for the doctor's Welcome and
+    // sends nothing until then.
+    this.applyKeys(await this.e2ee.call('enter', {
+      consultation: this.appt.id, role: this.role, samples: this.testMode,
+    }));
+    if (this.role === 'doctor' && this.peers.size > 0) {
+      // Back in a consultation with people in it: add them all in one commit.
+      const all = [...this.peers.values()];
+      this.keyJob(() => this.addParticipants(all));
     }
     await this.startMedia();
   }
@@ -281,8 +330,9 @@ export class Consultation {
     $('invite-result').hidden = true;
     $('invite-error').hidden = true;
     this.updatePeerLabel();
-    this.renderSafety();
-    this.setE2eeIndicator('ok');
+    this.renderRoster();
+    this.renderWarnings();
+    this.renderIndicator();
     showView('call');
   }
 
@@ -295,81 +345,328 @@ export class Consultation {
     for (const [id, t] of this.tiles) t.caption.textContent = this.labelOf(id);
   }
 
-  async onPeerJoined(p) {
-    if (!p || p.id === this.you) return;
-    this.peers.set(p.id, p);
-    this.updatePeerLabel();
-    this.systemChat(`${p.label} joined.`);
-    const { send } = await this.e2ee.call('peerJoined', { participant: p.id });
-    for (const m of send) this.sig.send({ type: 'e2ee', to: m.to, blob: m.blob });
-    await this.sendOfferTo(p.id);
+  /** The room, for the worker's per-sender statistics. */
+  syncParticipants() {
+    return this.e2ee.call('setParticipants', { list: [...this.peers.values()].map(info) });
   }
 
-  async sendOfferTo(id) {
-    if (this.offeredTo.has(id)) return;
-    const { offer } = await this.e2ee.call('offer');
-    this.send({ type: 'e2ee', to: id, blob: offer });
-    this.offeredTo.add(id);
+  async onPeerJoined(p) {
+    if (!p || p.id === this.you) return;
+    this.peers.set(p.id, { ...p, joinedAt: Date.now() });
+    this.updatePeerLabel();
+    this.systemChat(`${p.label} joined.`);
+    await this.syncParticipants();
+    this.renderRoster();
+    // Someone the doctor's commit added is in the group already; someone readmitted
+    // after a reconnection (or a reload) is added again.
+    if (this.role === 'doctor') this.keyJob(() => this.addParticipants([p]));
   }
 
   async onPeerLeft(id) {
     const p = this.peers.get(id);
     this.peers.delete(id);
-    if (this.offeredTo) this.offeredTo.delete(id);
-    this.safety.delete(id);
-    this.renderSafety();
     this.updatePeerLabel();
     if (p) this.systemChat(`${p.label} left.`);
     // Their picture and sound go at once, before the SFU's renegotiation arrives.
     this.removeTile(id);
     this.updatePeerLabel();
-    const { send } = await this.e2ee.call('peerLeft', { participant: id });
-    for (const m of send) this.sig.send({ type: 'e2ee', to: m.to, blob: m.blob });
+    await this.syncParticipants();
+    this.renderRoster();
+    if (p && this.role === 'doctor') this.keyJob(() => this.removeParticipant(p));
   }
 
-  async onE2ee(from, blob) {
-    if (!this.inCall) return;
-    let res;
+  // ---------------------------------------------------------------- keys
+
+  /** Run `fn` after the key jobs before it (the doctor's commits go one at a time). */
+  keyJob(fn) {
+    const run = this.keyJobs.then(() => (this.done ? null : fn()));
+    this.keyJobs = run.catch((err) => this.onHandlerError(err));
+    return run.catch(() => {});
+  }
+
+  /** Send a commit; resolves on `mls_accepted`, rejects (with `code`) on a refusal. */
+  sendCommit(commit) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { this.finishCommit(false, { code: 'timeout' }).catch(() => {}); }, COMMIT_TIMEOUT_MS);
+      this.commitWaiter = { resolve, reject, timer };
+      if (!this.sig.send({ type: 'mls_commit', ...commit })) {
+        this.finishCommit(false, { code: 'not_connected' }).catch(() => {});
+      }
+    });
+  }
+
+  async finishCommit(accepted, msg) {
+    const waiter = this.commitWaiter;
+    if (!waiter) return;
+    this.commitWaiter = null;
+    clearTimeout(waiter.timer);
+    let snap = null;
     try {
-      res = await this.e2ee.call('receive', { from, blob });
+      snap = await this.e2ee.call(accepted ? 'commitAccepted' : 'commitRefused');
+      this.applyKeys(snap);
     } catch (e) {
-      // A forged or garbled key message: drop it, keep the call.
-      this.setE2eeIndicator('warn', `A key message could not be verified (${e.message}).`);
+      waiter.reject(e);
       return;
     }
-    for (const m of res.send || []) this.sig.send({ type: 'e2ee', to: m.to, blob: m.blob });
-    if (res.safety) {
-      this.safety.set(res.safety.peer, res.safety.code);
-      this.renderSafety();
-      // Whoever sent us an offer needs ours too, whatever order the messages came in.
-      await this.sendOfferTo(from);
+    if (accepted) {
+      this.sendGroupMessages(snap.send);
+      waiter.resolve(snap);
+    } else {
+      waiter.reject(Object.assign(new Error(msg.message || msg.code), { code: msg.code }));
     }
   }
 
-  renderSafety() {
-    const codes = [...this.safety.entries()];
+  /** Doctor: add these participants to the group (checks first; docs/keys.md). */
+  async addParticipants(list) {
+    if (this.role !== 'doctor' || !this.inCall) return;
+    for (let round = 0; round < 4; round++) {
+      if (this.done || !this.inCall) return;
+      const present = [...this.peers.keys()];
+      const r = await this.e2ee.call('prepareAdd', { list: list.map(info), present });
+      for (const x of r.refused || []) this.keyRefused(x, list);
+      for (const x of r.needsAccept || []) this.keyChanged({ ...x, label: this.labelFor(x.principal, list) }, list);
+      if (!r.commit) return;
+      try {
+        await this.sendCommit(r.commit);
+      } catch (e) {
+        if (e.code === 'stale_commit' || e.code === 'wrong_group') continue;
+        if (e.code !== 'consultation_full') banner(`The keys could not be updated: ${e.message}`);
+        return;
+      }
+      if (!r.again) return;
+    }
+  }
+
+  /** Doctor: remove someone who left from the group. */
+  async removeParticipant(p) {
+    for (let round = 0; round < 3; round++) {
+      if (this.done || !this.inCall) return;
+      const r = await this.e2ee.call('prepareRemove', { participant: info(p) });
+      if (!r.commit) return;
+      try {
+        await this.sendCommit(r.commit);
+        return;
+      } catch (e) {
+        if (e.code !== 'stale_commit') return;
+      }
+    }
+  }
+
+  async onMlsCommit(msg) {
+    if (!this.inCall) return;
+    const snap = await this.e2ee.call('handleCommit', { commit: msg.commit });
+    if (snap.refused) {
+      // A commit no member made (or one for another group or epoch): the group is
+      // unchanged and the call goes on with the keys it has.
+      this.keyMessageRefused(snap.refused);
+    }
+    if (snap.removed) this.systemChat('You were removed from the group of keys. The doctor will add you again.');
+    this.applyKeys(snap);
+    this.sendGroupMessages(snap.send);
+  }
+
+  async onWelcome(msg) {
+    if (!this.inCall || this.role === 'doctor') return;
+    // The group must be the consultation's doctor's: the core refuses a Welcome made
+    // by a device of anyone else.
+    const doctor = [...this.peers.values()].find((p) => p.role === 'doctor');
+    if (!doctor) {
+      this.keyMessageRefused('a Welcome while the doctor is not in the call');
+      return;
+    }
+    const snap = await this.e2ee.call('welcome', { welcome: msg.welcome, owner: doctor.principal });
+    if (snap.refused) this.keyMessageRefused(snap.refused);
+    this.applyKeys(snap);
+    this.sendGroupMessages(snap.send);
+  }
+
+  /** Our group messages (the log head after an epoch change) go out as `chat`. */
+  sendGroupMessages(list) {
+    for (const m of list || []) {
+      if (this.sig.send({ type: 'chat', ciphertext: m.ciphertext })) this.echoes.push({ kind: m.kind });
+    }
+  }
+
+  keyMessageRefused(why) {
+    this.setMediaWarn(`A key message could not be verified (${why}).`);
+    this.systemChat(`A key change from the server was refused: ${why}. The call goes on with the keys it has.`);
+  }
+
+  /** Label of a principal: a participant in the room or the list given, else its role. */
+  labelFor(principal, list = []) {
+    const p = [...this.peers.values(), ...list, ...this.waiting].find((x) => x.principal === principal);
+    if (p) return p.label;
+    return principal === this.meInfo.principal ? 'You' : 'A participant';
+  }
+
+  keyRefused(x, list) {
+    const p = list.find((y) => y.id === x.participant) || {};
+    const k = `${p.principal}/${p.device}/refused`;
+    this.warnings.set(k, {
+      kind: 'refused', participant: x.participant, principal: p.principal, device: p.device,
+      text: `${p.label || 'This participant'} was not admitted: their security key could not be checked (${x.error}).`,
+    });
+    this.renderWarnings();
+  }
+
+  keyChanged(x, list = []) {
+    const k = `${x.principal}/${x.device}`;
+    this.warnings.set(k, {
+      kind: 'changed', participant: x.participant, principal: x.principal, device: x.device, key: x.key, code: x.code,
+      text: `${x.label}'s security key changed. Compare the code before you continue.`,
+      list,
+    });
+    this.renderWarnings();
+  }
+
+  async acceptWarning(k) {
+    const wv = this.warnings.get(k);
+    if (!wv) return;
+    this.warnings.delete(k);
+    this.renderWarnings();
+    this.applyKeys(await this.e2ee.call('acceptKey', { principal: wv.principal, device: wv.device, key: wv.key }));
+    if (this.role === 'doctor' && wv.participant !== undefined) {
+      const p = this.waiting.find((x) => x.id === wv.participant) || this.peers.get(wv.participant);
+      if (p) this.keyJob(() => this.addParticipants([p]));
+    }
+  }
+
+  /** The worker's snapshot of the group after a change. */
+  applyKeys(snap) {
+    if (!snap) return;
+    this.keys = snap;
+    // Members whose key needs the user's acceptance before keys are shared with them.
+    for (const m of snap.roster) {
+      const k = `${m.principal}/${m.device}`;
+      if ((m.status === 'new_device' || m.status === 'changed') && !this.warnings.has(k)) {
+        this.keyChanged({ principal: m.principal, device: m.device, key: m.key, code: m.code, label: this.labelFor(m.principal) });
+      }
+    }
+    this.renderRoster();
+    this.renderIndicator();
+  }
+
+  /** The participant in the room a group member is. */
+  participantOf(m) {
+    for (const [id, p] of this.peers) if (p.principal === m.principal && p.device === m.device) return id;
+    return null;
+  }
+
+  /** The people in the group (from MLS state), their safety codes and Verified ticks;
+   * in red: a member not in the room, a participant not in the group after a few
+   * seconds, a key that failed its checks or waits for acceptance. */
+  renderRoster() {
+    const list = $('roster');
+    const others = (this.keys.roster || []).filter((m) => !m.self);
+    const now = Date.now();
+    const stray = [...this.peers.entries()].filter(([, p]) => now - (p.joinedAt || 0) >= ROSTER_GRACE_MS
+      && !others.some((m) => m.principal === p.principal && m.device === p.device));
+    // Rebuilt only when something shown changes (a button keeps its focus).
+    const sig = JSON.stringify([others, [...this.peers.entries()], stray.map(([id]) => id)]);
+    if (sig === this.rosterSig && list.isConnected) return;
+    this.rosterSig = sig;
+    list.replaceChildren();
+    for (const m of others) {
+      const id = this.participantOf(m);
+      const p = id === null ? null : this.peers.get(id);
+      const label = p ? `${p.label} (${p.role})` : this.labelFor(m.principal);
+      const bad = id === null || !['pinned', 'verified'].includes(m.status);
+      const li = el('li', {
+        class: bad ? 'mismatch' : '', 'data-principal': m.principal, 'data-device': m.device,
+        'data-participant': id === null ? '' : String(id), 'data-status': m.status,
+      }, el('span', { class: 'who', text: label }),
+      el('span', { class: 'code', text: m.code, 'data-code': m.code.replace(/\s+/g, '') }));
+      if (m.status === 'verified') {
+        li.append(el('span', { class: 'verified', text: '✓ Verified', 'data-verified': 'true' }));
+      } else if (m.status === 'pinned') {
+        const b = el('button', { type: 'button', class: 'verify', text: 'Mark as verified' });
+        b.setAttribute('aria-label', `Mark ${label} as verified: the code is the same on both screens`);
+        b.addEventListener('click', () => this.markVerified(m));
+        li.append(b);
+      }
+      const note = id === null ? 'Not in the room.'
+        : m.status === 'failed' ? `Key check failed: ${m.error}`
+          : (m.status === 'new_device' || m.status === 'changed') ? 'New security key: not accepted yet.'
+            : m.status === 'unchecked' ? 'Checking the security key…' : '';
+      if (note) li.append(el('span', { class: 'note', text: note }));
+      list.append(li);
+    }
+    // Participants the group does not have (beyond a few seconds of joining).
+    for (const [id, p] of stray) {
+      list.append(el('li', { class: 'mismatch', 'data-participant': String(id), 'data-status': 'not_in_group' },
+        el('span', { class: 'who', text: `${p.label} (${p.role})` }),
+        el('span', { class: 'note', text: 'Has no key in this call.' })));
+    }
+    const codes = others.filter((m) => m.code);
     const box = $('safety-code');
     if (codes.length === 0) {
       box.textContent = '—';
       box.dataset.code = '';
     } else if (codes.length === 1) {
-      box.textContent = groupDigits(codes[0][1]);
-      box.dataset.code = String(codes[0][1]).replace(/\s+/g, '');
+      box.textContent = codes[0].code;
+      box.dataset.code = codes[0].code.replace(/\s+/g, '');
     } else {
-      box.textContent = codes.map(([id, c]) => `${(this.peers.get(id) || {}).label || id}: ${groupDigits(c)}`).join('\n');
-      box.dataset.code = codes.map(([, c]) => String(c).replace(/\s+/g, '')).join(',');
+      box.textContent = codes.map((m) => `${this.labelFor(m.principal)}: ${m.code}`).join('\n');
+      box.dataset.code = codes.map((m) => m.code.replace(/\s+/g, '')).join(',');
     }
     $('safety-help').textContent = codes.length > 1
-      ? 'Compare each code aloud with that person. If it is the same on both screens, nobody is listening in. If one differs, end the call.'
-      : 'Compare this code aloud with the other person. If it is the same on both screens, nobody is listening in. If it differs, end the call.';
+      ? 'Compare each code aloud with that person. If it is the same on both screens, nobody is listening in: mark it as verified. If one differs, end the call.'
+      : 'Compare this code aloud with the other person. If it is the same on both screens, nobody is listening in: mark it as verified. If it differs, end the call.';
   }
 
-  setE2eeIndicator(state, detail) {
+  async markVerified(m) {
+    this.applyKeys(await this.e2ee.call('markVerified', { principal: m.principal, device: m.device }));
+  }
+
+  renderWarnings() {
+    const list = $('key-warnings');
+    list.replaceChildren();
+    for (const [k, wv] of this.warnings) {
+      const li = el('li', { class: 'key-warning', 'data-kind': wv.kind, 'data-principal': wv.principal || '', 'data-device': wv.device || '' },
+        el('span', { class: 'text', text: wv.text }));
+      if (wv.code) li.append(el('span', { class: 'code', text: wv.code, 'data-code': wv.code.replace(/\s+/g, '') }));
+      if (wv.kind === 'changed') {
+        const b = el('button', { type: 'button', class: 'primary', text: 'The code matches: accept the new key' });
+        b.addEventListener('click', () => this.acceptWarning(k).catch((err) => this.onHandlerError(err)));
+        li.append(b);
+      }
+      list.append(li);
+    }
+    list.hidden = this.warnings.size === 0;
+  }
+
+  /** A warning on the badge; a sticky one (a forked log) stays for the whole call. */
+  setMediaWarn(text, sticky = false) {
+    if (this.mediaWarnSticky && !sticky) return;
+    this.mediaWarn = text;
+    this.mediaWarnSticky = sticky;
+    this.renderIndicator();
+  }
+
+  /** "Connecting keys…" until a group with someone else in it is set up and checked;
+   * a warning while keys are withheld or media does not decrypt. */
+  renderIndicator() {
     const badge = $('e2ee-indicator');
+    const k = this.keys;
+    const others = (k.roster || []).filter((m) => !m.self).length;
+    let state;
+    let text;
+    if (!k.group || others === 0) {
+      state = 'connecting';
+      text = 'Connecting keys…';
+    } else if (!k.sharing) {
+      state = 'warn';
+      text = 'Keys withheld — a security key needs checking';
+    } else if (this.mediaWarn) {
+      state = 'warn';
+      text = `End-to-end encrypted — ${this.mediaWarn}`;
+    } else {
+      state = 'ok';
+      text = 'End-to-end encrypted';
+    }
     badge.classList.toggle('warn', state === 'warn');
-    $('e2ee-text').textContent = state === 'warn'
-      ? `End-to-end encrypted — ${detail || 'problem decrypting'}`
-      : 'End-to-end encrypted';
+    badge.classList.toggle('connecting', state === 'connecting');
+    $('e2ee-text').textContent = text;
     badge.dataset.state = state;
   }
 
@@ -602,25 +899,39 @@ export class Consultation {
     try {
       sealed = await this.e2ee.call('sealChat', { text });
     } catch {
-      this.systemChat('The message could not be encrypted yet: wait until the other participant has joined.');
+      this.systemChat('The message could not be encrypted yet: wait until everyone\'s key is set up and checked.');
       return;
     }
-    this.pendingChat.push(text);
     this.send({ type: 'chat', ciphertext: sealed.ciphertext });
+    this.echoes.push({ kind: 'chat', text });
   }
 
   async onChat(msg) {
     if (msg.from === this.you) {
-      const text = this.pendingChat.shift();
-      if (text !== undefined) this.appendChat('You', text, true);
+      // The server's echo of our own group message (MLS does not open it again).
+      const mine = this.echoes.shift();
+      if (mine && mine.kind === 'chat') this.appendChat('You', mine.text, true);
       return;
     }
+    let r;
     try {
-      const { text } = await this.e2ee.call('openChat', { from: msg.from, ciphertext: msg.ciphertext });
-      const p = this.peers.get(msg.from);
-      this.appendChat(p ? p.label : 'Participant', text, false);
+      r = await this.e2ee.call('openChat', { ciphertext: msg.ciphertext });
     } catch {
       this.systemChat('A message could not be decrypted.');
+      return;
+    }
+    const p = this.peers.get(msg.from);
+    const who = p ? p.label : (r.sender ? this.labelFor(r.sender.principal) : 'Participant');
+    if (r.kind === 'chat') this.appendChat(who, r.text, false);
+    if (r.kind === 'checkpoint' && r.splitView) {
+      // A forked log: the server showed this member and us different histories.
+      const k = `${r.sender.principal}/${r.sender.device}/split`;
+      this.warnings.set(k, {
+        kind: 'split_view', principal: r.sender.principal, device: r.sender.device,
+        text: `The server showed you and ${who} different key histories. Do not trust this call's keys; tell the clinic.`,
+      });
+      this.renderWarnings();
+      this.setMediaWarn(`the server showed you and ${who} different key histories`, true);
     }
   }
 
@@ -655,12 +966,14 @@ export class Consultation {
       // joining: warn only when nothing decrypts for two polls in a row.
       this.badPolls = newBad > 0 && newOk === 0 ? (this.badPolls || 0) + 1 : 0;
       if (this.badPolls >= 2) {
-        this.setE2eeIndicator('warn', `cannot decrypt the other side's media (${bad} frames dropped)`);
-      } else if (newOk > 0) {
-        this.setE2eeIndicator('ok');
+        this.setMediaWarn(`cannot decrypt the other side's media (${bad} frames dropped)`);
+      } else if (newOk > 0 && this.mediaWarn && !this.mediaWarnSticky) {
+        this.setMediaWarn(null);
       }
     }
-    $('e2ee-indicator').title = `Frames decrypted: ${ok}; could not be decrypted: ${bad}`;
+    // The red "not in the group" entries appear once the grace has passed.
+    this.renderRoster();
+    $('e2ee-indicator').title = `Frames decrypted: ${ok}; could not be decrypted: ${bad}; withheld: ${s.withheld}`;
   }
 
   // ---------------------------------------------------------------- controls
@@ -701,6 +1014,10 @@ export class Consultation {
     $('invite-copy').addEventListener('click', this.handlers.copyInvite);
     $('chat-log').replaceChildren();
     $('safety-code').textContent = '—';
+    $('safety-code').dataset.code = '';
+    $('roster').replaceChildren();
+    $('key-warnings').replaceChildren();
+    $('key-warnings').hidden = true;
     for (const [id, label] of [['btn-mic', 'Mute microphone'], ['btn-cam', 'Turn camera off']]) {
       $(id).setAttribute('aria-pressed', 'false');
       $(id).textContent = label;
@@ -739,8 +1056,15 @@ export class Consultation {
       state: () => ({
         mode: this.e2ee && this.e2ee.mode,
         inCall: this.inCall, you: this.you, peers: [...this.peers.keys()],
-        safety: Object.fromEntries(this.safety), done: this.done,
+        safety: Object.fromEntries((this.keys.roster || []).filter((m) => !m.self && this.participantOf(m) !== null)
+          .map((m) => [this.participantOf(m), m.code.replace(/\s+/g, '')])),
+        done: this.done,
+        keys: { group: this.keys.group, epoch: this.keys.epoch, groupId: this.keys.groupId, sharing: this.keys.sharing },
+        roster: this.keys.roster,
+        warnings: [...this.warnings.values()].map((x) => ({ kind: x.kind, principal: x.principal, device: x.device, text: x.text })),
+        device: this.device,
       }),
+      benchmark: () => this.e2ee.call('benchmark'),
       e2eeStats: () => this.e2ee.call('stats'),
       tiles: () => [...this.tiles.entries()].map(([id, t]) => ({
         participant: id,

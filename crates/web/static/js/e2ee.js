@@ -1,5 +1,6 @@
 // Page side of end-to-end encryption: capability check, the worker that holds every
-// key, and attaching encoded-frame transforms to senders and receivers.
+// key, attaching encoded-frame transforms to senders and receivers, and the REST calls
+// the worker's key layer asks for (the session token stays on the page).
 //
 // A browser that can do neither RTCRtpScriptTransform nor createEncodedStreams cannot
 // encrypt frames end to end; such a browser is refused (see `e2eeSupport`), never
@@ -17,6 +18,8 @@ export function e2eeSupport() {
   return null;
 }
 
+import { keyLayerRequest } from './api.js';
+
 export class E2ee {
   constructor() {
     this.mode = e2eeSupport();
@@ -25,6 +28,10 @@ export class E2ee {
     this.nextId = 1;
     this.pending = new Map();
     this.worker.onmessage = (e) => {
+      if (e.data && e.data.rpc) {
+        this.onRpc(e.data);
+        return;
+      }
       const { id, ok, result, error } = e.data || {};
       const p = this.pending.get(id);
       if (!p) return;
@@ -36,6 +43,15 @@ export class E2ee {
       for (const p of this.pending.values()) p.reject(err);
       this.pending.clear();
     };
+  }
+
+  async onRpc({ rpc, method, path, body, text }) {
+    try {
+      const result = await keyLayerRequest(method, path, body, text);
+      this.worker.postMessage({ rpcReply: rpc, ok: true, result });
+    } catch (e) {
+      this.worker.postMessage({ rpcReply: rpc, ok: false, error: e.message, status: e.status || 0, code: e.code || '' });
+    }
   }
 
   call(op, args) {
