@@ -726,6 +726,39 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     assert.ok(r.status < 300, `revoking the ghost: ${r.status}`);
   });
 
+  test('members compare log heads in the group: a consistent one passes, one without a valid consistency proof (a forked log) is a visible warning', async () => {
+    const d = page.doctor;
+    const p = page.patient;
+    const stats = (x) => x.evaluate(() => window.confideTest.e2eeStats());
+    // The doctor's device looked up the patient after the ghost's registration, the
+    // patient's device last looked the doctor up before it: their heads differ, so the
+    // patient needs a consistency proof to compare them.
+    const [sd, sp] = [await stats(d), await stats(p)];
+    assert.ok(sd.logSize > sp.logSize && sp.logSize > 0, `log heads ${sd.logSize} and ${sp.logSize}`);
+    await d.evaluate(() => window.confideTest.sendLogHead());
+    await waitFor(async () => (await stats(p)).heads_checked > sp.heads_checked ? true : null,
+      { timeout: 10000, what: 'the patient checking the doctor\'s log head' });
+    assert.equal((await stats(p)).split_views, 0);
+    assert.equal(await p.locator('#key-warnings li[data-kind="split_view"]').count(), 0);
+    // The server now shows the patient a history the doctor's head does not extend:
+    // no consistency proof it can give verifies.
+    const isProof = (url) => url.pathname === '/api/audit/consistency';
+    await p.route(isProof, async (route) => {
+      const q = new URL(route.request().url()).searchParams;
+      await route.fulfill({ json: { from: Number(q.get('from')), to: Number(q.get('to')), proof: [b64(new Uint8Array(32).fill(7))] } });
+    });
+    try {
+      await d.evaluate(() => window.confideTest.sendLogHead());
+      const warning = p.locator('#key-warnings li[data-kind="split_view"]');
+      await warning.waitFor({ timeout: 10000 });
+      assert.match(await warning.innerText(), /The server showed you and .+ different key histories/);
+      assert.equal(await p.locator('#e2ee-indicator').getAttribute('data-state'), 'warn');
+      assert.match(await p.locator('#e2ee-text').innerText(), /different key histories/);
+    } finally {
+      await p.unroute(isProof);
+    }
+  });
+
   /** Watches the page's banner; `banners(p)` returns what it showed since. */
   async function watchBanner(p) {
     await p.evaluate(() => {

@@ -1065,6 +1065,7 @@ export class Consultation {
         device: this.device,
       }),
       benchmark: () => this.e2ee.call('benchmark'),
+      sendLogHead: async () => this.sendGroupMessages((await this.e2ee.call('logHead')).send),
       e2eeStats: () => this.e2ee.call('stats'),
       tiles: () => [...this.tiles.entries()].map(([id, t]) => ({
         participant: id,

@@ -69,6 +69,8 @@ const stats = {
   passthrough_empty: 0,
   keyframe_requests: 0,
   refused_messages: 0,      // group messages refused (forged, stale, wrong group)
+  heads_checked: 0,         // members' log heads found consistent with ours
+  split_views: 0,           // members' log heads that are not
 };
 
 // ------------------------------------------------------------------ helpers
@@ -576,14 +578,22 @@ const ops = {
         proof = (await api('GET', `/audit/consistency?from=${from}&to=${to}`)).proof || [];
       }
       log.checkPeerHead(head, proof);
+      stats.heads_checked++;
       return { kind: 'checkpoint', sender };
     } catch (e) {
+      stats.split_views++;
       return { kind: 'checkpoint', sender, splitView: true, error: reason(e) };
     }
   },
 
   roster() {
     return snapshot();
+  },
+
+  // Our newest log head as a group message (sent after every epoch change; the test
+  // asks for one more).
+  logHead() {
+    return { send: checkpointMessage() };
   },
 
   // The user compared the code with this member and it matched.
@@ -616,6 +626,7 @@ const ops = {
     s.epoch = group ? group.epoch : -1;
     s.epochs = decryptor ? Array.from(decryptor.epochs()) : [];
     s.kid = encryptor ? encryptor.kid : -1;
+    s.logSize = log && log.latest() ? JSON.parse(log.latest()).size : 0;
     return s;
   },
 
