@@ -68,6 +68,15 @@ pub enum Finding {
     },
     /// A package carries a log key other than the one the auditor pinned.
     UnexpectedKey,
+    /// Rows exist at or beyond the size the head records: they were inserted outside
+    /// the log (every append raises the size in the same transaction), and they stop
+    /// every later append.
+    BeyondHead {
+        /// Sequence number of the first such row (the stored size).
+        seq: u64,
+        /// Number of rows present.
+        rows: u64,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -106,6 +115,10 @@ impl fmt::Display for Finding {
             Finding::NotCanonical { seq } => {
                 write!(f, "entry {seq} is not in the form the log writes")
             }
+            Finding::BeyondHead { seq, rows } => write!(
+                f,
+                "entries {seq}..{rows} lie beyond the stored log size {seq} (inserted outside the log)"
+            ),
             Finding::UnexpectedKey => {
                 write!(
                     f,
@@ -124,7 +137,8 @@ impl Finding {
             | Finding::Missing { seq }
             | Finding::Truncated { seq, .. }
             | Finding::InclusionFailed { seq }
-            | Finding::NotCanonical { seq } => Some(*seq),
+            | Finding::NotCanonical { seq }
+            | Finding::BeyondHead { seq, .. } => Some(*seq),
             Finding::OutOfOrder { expected, .. } => Some(*expected),
             Finding::RangeAltered { .. }
             | Finding::BadCheckpointSignature { .. }

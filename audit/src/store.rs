@@ -502,9 +502,16 @@ impl AuditStore {
             }
         }
         // Rows missing after the last checkpoint are caught by the head row, which
-        // counts every append.
+        // counts every append; rows beyond it were inserted outside the log. The head
+        // is read after the rows, so an append racing this check only adds to it.
         let head_size = self.size().await?;
         let report = v.finish()?;
+        if report.size > head_size {
+            return Err(Error::Tampered(Finding::BeyondHead {
+                seq: head_size,
+                rows: report.size,
+            }));
+        }
         if head_size > report.size {
             return Err(Error::Tampered(Finding::Truncated {
                 seq: report.size,

@@ -209,6 +209,7 @@ both_backends!(
     reordered_rows_are_named,
     edited_row_with_rewritten_hash_names_the_range,
     deleted_tail_is_reported,
+    forged_row_past_the_head_stops_appends_and_is_reported,
     forged_checkpoint_row_is_refused,
     time_based_checkpoint,
     concurrent_appends_stay_dense,
@@ -392,6 +393,59 @@ async fn deleted_tail_is_reported(db: &Db) {
             seq: 290,
             checkpoint_size: 300
         })
+    );
+}
+
+/// Someone inserts a well-formed row where the next entry would go, with its leaf hash
+/// computed correctly (the leaf hash is an unkeyed hash of a documented encoding). The
+/// head still says 300: every later append collides with the row, and `verify` names
+/// it instead of answering OK.
+async fn forged_row_past_the_head_stops_appends_and_is_reported(db: &Db) {
+    let w = filled(db).await;
+    assert_eq!(verify(&w).await.unwrap().size, N);
+    let forged = AuditEntry::new(N, t(1_800_000_500_000), event(7));
+    // Plain INSERT: the triggers guard UPDATE and DELETE only.
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, role, action, target, patient, outcome, \
+         source, request_id, priority, detail, leaf_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(N as i64)
+    .bind(forged.time().unix_millis())
+    .bind(forged.actor())
+    .bind(forged.role())
+    .bind(forged.action())
+    .bind(forged.target())
+    .bind(forged.patient())
+    .bind(forged.outcome().as_str())
+    .bind(forged.source())
+    .bind(forged.request_id())
+    .bind(forged.priority().as_str())
+    .bind(forged.detail())
+    .bind(forged.leaf_hash().to_hex())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(w.store().size().await.unwrap(), N);
+    assert!(
+        w.store()
+            .append(t(1_800_000_600_000), event(8))
+            .await
+            .is_err(),
+        "an append over the forged row must fail, not renumber"
+    );
+    let err = verify(&w).await.unwrap_err();
+    assert_eq!(
+        err.finding(),
+        Some(&Finding::BeyondHead {
+            seq: N,
+            rows: N + 1
+        }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("beyond the stored log size 300"),
+        "{err}"
     );
 }
 

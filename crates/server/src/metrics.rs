@@ -40,6 +40,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const AUTH_FAILURES: &str = "confide_auth_failures_total";
 const TOKEN_REVOCATIONS: &str = "confide_token_revocations_total";
 const WS_CONNECTIONS: &str = "confide_websocket_connections";
+const AUDIT_WRITE_FAILURES: &str = "confide_audit_write_failures_total";
 
 /// The running admin listener; dropping it stops the listener.
 #[derive(Debug)]
@@ -125,6 +126,14 @@ fn recorder() -> Option<&'static PrometheusHandle> {
                 metrics::counter!(TOKEN_REVOCATIONS, "reason" => reason).increment(0);
             }
             metrics::gauge!(WS_CONNECTIONS).increment(0.0);
+            metrics::describe_counter!(
+                AUDIT_WRITE_FAILURES,
+                "Audit entries that could not be written, by policy: closed (the action was \
+                 refused) or open (the action, which ended access, went ahead). Alert on any."
+            );
+            for policy in ["closed", "open"] {
+                metrics::counter!(AUDIT_WRITE_FAILURES, "policy" => policy).increment(0);
+            }
             Some(handle)
         })
         .as_ref()

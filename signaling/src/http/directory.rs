@@ -111,11 +111,12 @@ fn device_event(s: &Authed, action: AuditAction, device: &DeviceId, key: &[u8]) 
 /// Append a device entry; fail closed: an entry that cannot be written is a 500 and
 /// the caller undoes (or never makes) the change.
 async fn log_device_event(state: &AppState, e: AuditEvent) -> ApiResult<u64> {
+    let action = e.action;
     match state.store.record_audit_leaf(e).await {
         Ok((_, leaf)) => Ok(leaf),
         Err(err) => {
-            tracing::error!(error = %err, "could not log a key directory change; refused");
-            Err(ApiError::Internal)
+            super::audit_write_failed(action, super::AuditPolicy::Closed, &err);
+            Err(ApiError::AuditUnavailable)
         }
     }
 }

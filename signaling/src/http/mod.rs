@@ -145,13 +145,36 @@ impl AppState {
         &self.hub
     }
 
-    /// Write an audit event. A failure is logged loudly; the action it describes
-    /// has already been decided.
-    pub async fn audit(&self, e: AuditEvent) {
+    /// Write the audit entry of an action that has not taken effect yet, or whose
+    /// effect the caller withholds or undoes on error: fail closed. When the entry
+    /// cannot be written the caller must not carry the action out and answers
+    /// [`ApiError::AuditUnavailable`]; the failure is counted
+    /// (`confide_audit_write_failures_total{policy="closed"}`) and logged at error level.
+    pub async fn audit(&self, e: AuditEvent) -> Result<(), ApiError> {
+        if self.write_audit(e, AuditPolicy::Closed).await {
+            Ok(())
+        } else {
+            Err(ApiError::AuditUnavailable)
+        }
+    }
+
+    /// Write the audit entry of an action that must happen even when its entry cannot
+    /// be written: ending access (logout, revocation, expiry, disabling an account,
+    /// leaving or ending a consultation). A failure is counted
+    /// (`policy="open"`) and logged at error level; the action goes on.
+    pub async fn audit_fail_open(&self, e: AuditEvent) {
+        self.write_audit(e, AuditPolicy::Open).await;
+    }
+
+    async fn write_audit(&self, e: AuditEvent, policy: AuditPolicy) -> bool {
         let action = e.action;
         op_metrics::on_audit(action);
-        if let Err(err) = self.store.record_audit(e).await {
-            tracing::error!(action = action.as_str(), error = %err, "audit write failed");
+        match self.store.record_audit(e).await {
+            Ok(_) => true,
+            Err(err) => {
+                audit_write_failed(action, policy, &err);
+                false
+            }
         }
     }
 
@@ -184,6 +207,42 @@ impl AppState {
     }
 }
 
+/// Whether an action goes ahead when its audit entry cannot be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuditPolicy {
+    /// The action is refused.
+    Closed,
+    /// The action goes ahead (it ends someone's access).
+    Open,
+}
+
+/// Count and log a failed audit write, loudly: an operator alert should fire on the
+/// first one (docs/operations.md, "What fails closed").
+pub(crate) fn audit_write_failed(
+    action: AuditAction,
+    policy: AuditPolicy,
+    err: &dyn std::fmt::Display,
+) {
+    let policy = match policy {
+        AuditPolicy::Closed => "closed",
+        AuditPolicy::Open => "open",
+    };
+    metrics::counter!(op_metrics::AUDIT_WRITE_FAILURES, "policy" => policy).increment(1);
+    if policy == "closed" {
+        tracing::error!(
+            action = action.as_str(),
+            error = %err,
+            "AUDIT LOG UNWRITABLE: action refused (fail closed); run `confide audit verify`"
+        );
+    } else {
+        tracing::error!(
+            action = action.as_str(),
+            error = %err,
+            "AUDIT LOG UNWRITABLE: action carried out unrecorded (fail open); run `confide audit verify`"
+        );
+    }
+}
+
 /// What [`AppState::census`] counts. Numbers only: no names, no ids.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Census {
@@ -204,6 +263,7 @@ mod op_metrics {
     pub(crate) const AUTH_FAILURES: &str = "confide_auth_failures_total";
     pub(crate) const TOKEN_REVOCATIONS: &str = "confide_token_revocations_total";
     pub(crate) const WS_CONNECTIONS: &str = "confide_websocket_connections";
+    pub(crate) const AUDIT_WRITE_FAILURES: &str = "confide_audit_write_failures_total";
 
     pub(crate) fn on_audit(action: AuditAction) {
         let (name, label) = match action {
@@ -404,6 +464,9 @@ pub enum ApiError {
     ConsentRequired,
     InviteInvalid,
     TooManyRequests(i64),
+    /// The action's audit entry could not be written, so the action was not carried
+    /// out (fail closed).
+    AuditUnavailable,
     Internal,
 }
 
@@ -460,6 +523,11 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
                 "too many attempts; wait and try again",
+            ),
+            ApiError::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the action could not be recorded in the audit log, so it was not carried out",
             ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -591,7 +659,7 @@ pub(crate) async fn check_token(
         // Idle or expired sessions are revoked on first sight, so they stay dead.
         if state.store.revoke_session(&hash).await? {
             state
-                .audit(
+                .audit_fail_open(
                     ctx.event(
                         session.principal.to_string(),
                         AuditAction::SessionExpired,

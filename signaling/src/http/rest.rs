@@ -94,6 +94,19 @@ async fn issue_session(
     Ok((token, s))
 }
 
+/// The audit entry of a session just issued, before its token leaves the server:
+/// if the entry cannot be written the session is revoked at once, so the token the
+/// caller never receives could not be used anyway (fail closed).
+async fn audit_grant(state: &AppState, s: &Session, e: crate::audit::AuditEvent) -> ApiResult<()> {
+    if let Err(err) = state.audit(e).await {
+        if let Err(e) = state.store.revoke_session(&s.token_hash).await {
+            tracing::error!(error = %e, "could not revoke an unaudited session");
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
 fn throttle_keys(username: &str, ctx: &Ctx) -> [(String, ThrottlePolicy); 3] {
     let ip = ctx.source().unwrap_or_else(|| "-".into());
     let user = username.to_ascii_lowercase();
@@ -131,7 +144,7 @@ pub async fn login(
     if !rate_ok || wait.is_some() {
         let mut e = ctx.event(actor, AuditAction::LoginThrottled, Outcome::Denied);
         e.role = role;
-        state.audit(e).await;
+        state.audit(e).await?;
         return Err(ApiError::TooManyRequests(wait.unwrap_or(1)));
     }
 
@@ -158,12 +171,12 @@ pub async fn login(
         record_failure(&state);
         state
             .audit(fail("bad_credentials", AuditAction::LoginFailed))
-            .await;
+            .await?;
         return Err(ApiError::InvalidCredentials);
     };
 
     if account.role.requires_mfa() && !account.totp_enabled {
-        let (token, _) = issue_session(
+        let (token, s) = issue_session(
             &state,
             Principal::Account(account.id),
             account.role,
@@ -172,17 +185,18 @@ pub async fn login(
             600,
         )
         .await?;
-        state
-            .audit(
-                ctx.event(
-                    account.id.to_string(),
-                    AuditAction::LoginOk,
-                    Outcome::Success,
-                )
-                .role(account.role)
-                .detail("mfa_enrollment_required"),
+        audit_grant(
+            &state,
+            &s,
+            ctx.event(
+                account.id.to_string(),
+                AuditAction::LoginOk,
+                Outcome::Success,
             )
-            .await;
+            .role(account.role)
+            .detail("mfa_enrollment_required"),
+        )
+        .await?;
         return Ok(Json(LoginResp {
             token: None,
             role: Some(account.role),
@@ -212,7 +226,7 @@ pub async fn login(
                             .role(account.role)
                             .high(),
                         )
-                        .await;
+                        .await?;
                 }
                 used
             }
@@ -222,7 +236,7 @@ pub async fn login(
             record_failure(&state);
             state
                 .audit(fail("bad_second_factor", AuditAction::MfaFailed))
-                .await;
+                .await?;
             return Err(ApiError::InvalidCredentials);
         }
     }
@@ -243,16 +257,17 @@ pub async fn login(
         state.settings.session_lifetime_s,
     )
     .await?;
-    state
-        .audit(
-            ctx.event(
-                account.id.to_string(),
-                AuditAction::LoginOk,
-                Outcome::Success,
-            )
-            .role(account.role),
+    audit_grant(
+        &state,
+        &s,
+        ctx.event(
+            account.id.to_string(),
+            AuditAction::LoginOk,
+            Outcome::Success,
         )
-        .await;
+        .role(account.role),
+    )
+    .await?;
     Ok(Json(LoginResp {
         token: Some(token),
         role: Some(account.role),
@@ -286,11 +301,12 @@ async fn verify_totp(
 
 pub async fn logout(State(state): State<AppState>, s: AnySession) -> ApiResult<StatusCode> {
     state.store.revoke_session(&s.session.token_hash).await?;
+    // Ending access never waits for the audit log (fail open).
     state
-        .audit(s.event(AuditAction::Logout, Outcome::Success))
+        .audit_fail_open(s.event(AuditAction::Logout, Outcome::Success))
         .await;
     state
-        .audit(
+        .audit_fail_open(
             s.event(AuditAction::TokenRevoked, Outcome::Success)
                 .detail("logout"),
         )
@@ -367,7 +383,7 @@ pub async fn totp_enroll(
     state.store.set_totp_pending(id, sealed).await?;
     state
         .audit(s.event(AuditAction::MfaEnrollStarted, Outcome::Success))
-        .await;
+        .await?;
     Ok(Json(EnrollResp {
         otpauth_url: secret.otpauth_url(&state.settings.issuer, &account.username),
         secret: secret.base32(),
@@ -409,7 +425,7 @@ pub async fn totp_confirm(
                 s.event(AuditAction::MfaFailed, Outcome::Failure)
                     .detail("enrolment"),
             )
-            .await;
+            .await?;
         return Err(ApiError::InvalidCredentials);
     };
     state.store.enable_totp(id, step).await?;
@@ -420,7 +436,7 @@ pub async fn totp_confirm(
         .await?;
     state
         .audit(s.event(AuditAction::MfaEnrolled, Outcome::Success))
-        .await;
+        .await?;
     let (token, expires_at) = if s.session.kind == SessionKind::Enroll {
         state.store.revoke_session(&s.session.token_hash).await?;
         let (token, full) = issue_session(
@@ -432,12 +448,13 @@ pub async fn totp_confirm(
             state.settings.session_lifetime_s,
         )
         .await?;
-        state
-            .audit(
-                s.event(AuditAction::LoginOk, Outcome::Success)
-                    .detail("after_enrolment"),
-            )
-            .await;
+        audit_grant(
+            &state,
+            &full,
+            s.event(AuditAction::LoginOk, Outcome::Success)
+                .detail("after_enrolment"),
+        )
+        .await?;
         (Some(token), Some(full.expires_at))
     } else {
         (None, None)
@@ -535,7 +552,7 @@ pub async fn list_appointments(
         _ => {
             state
                 .audit(s.event(AuditAction::AppointmentsListed, Outcome::Denied))
-                .await;
+                .await?;
             return Err(ApiError::Forbidden);
         }
     };
@@ -545,7 +562,7 @@ pub async fn list_appointments(
     }
     state
         .audit(s.event(AuditAction::AppointmentsListed, Outcome::Success))
-        .await;
+        .await?;
     Ok(Json(out))
 }
 
@@ -583,7 +600,7 @@ pub async fn book_appointment(
                 s.event(AuditAction::AppointmentBookRefused, Outcome::Denied)
                     .detail("role"),
             )
-            .await;
+            .await?;
         return Err(ApiError::Forbidden);
     }
     if !(5..=480).contains(&req.duration_min) {
@@ -605,7 +622,7 @@ pub async fn book_appointment(
                 s.event(AuditAction::AppointmentBookRefused, Outcome::Failure)
                     .detail("bad_participants"),
             )
-            .await;
+            .await?;
         return Err(ApiError::BadRequest(
             "doctor or patient is not a valid account",
         ));
@@ -632,7 +649,7 @@ pub async fn book_appointment(
             s.event(AuditAction::AppointmentBooked, Outcome::Success)
                 .target(id),
         )
-        .await;
+        .await?;
     Ok((StatusCode::CREATED, Json(BookResp { id })))
 }
 
@@ -670,7 +687,7 @@ pub async fn create_invite(
                 s.event(AuditAction::InviteCreated, Outcome::Denied)
                     .target(id),
             )
-            .await;
+            .await?;
         return Err(if appt.is_some() {
             ApiError::Forbidden
         } else {
@@ -701,7 +718,7 @@ pub async fn create_invite(
                 .target(id)
                 .detail(format!("guest:{}", invite.0)),
         )
-        .await;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(InviteResp {
@@ -755,20 +772,20 @@ pub async fn redeem_invite(
             .detail(detail)
     };
     let Some(invite) = invite else {
-        state.audit(refuse("anonymous".into(), "unknown")).await;
+        state.audit(refuse("anonymous".into(), "unknown")).await?;
         return Err(ApiError::InviteInvalid);
     };
     let actor = Principal::Guest(invite.id).to_string();
     if invite.used_at.is_some() {
         state
             .audit(refuse(actor, "used").target(invite.appointment))
-            .await;
+            .await?;
         return Err(ApiError::InviteInvalid);
     }
     if invite.expires_at <= t {
         state
             .audit(refuse(actor, "expired").target(invite.appointment))
-            .await;
+            .await?;
         return Err(ApiError::InviteInvalid);
     }
     if req.accept_terms_version.as_deref() != Some(state.settings.terms_version.as_str()) {
@@ -783,7 +800,7 @@ pub async fn redeem_invite(
     if !state.store.redeem_invite(invite.id, t).await? {
         state
             .audit(refuse(actor, "used").target(invite.appointment))
-            .await;
+            .await?;
         return Err(ApiError::InviteInvalid);
     }
     state
@@ -802,20 +819,22 @@ pub async fn redeem_invite(
         lifetime,
     )
     .await?;
-    state
-        .audit(
-            ctx.event(actor.clone(), AuditAction::InviteRedeemed, Outcome::Success)
-                .role(Role::Guest)
-                .target(invite.appointment),
-        )
-        .await;
-    state
-        .audit(
-            ctx.event(actor, AuditAction::ConsentAccepted, Outcome::Success)
-                .role(Role::Guest)
-                .detail(state.settings.terms_version.clone()),
-        )
-        .await;
+    audit_grant(
+        &state,
+        &s,
+        ctx.event(actor.clone(), AuditAction::InviteRedeemed, Outcome::Success)
+            .role(Role::Guest)
+            .target(invite.appointment),
+    )
+    .await?;
+    audit_grant(
+        &state,
+        &s,
+        ctx.event(actor, AuditAction::ConsentAccepted, Outcome::Success)
+            .role(Role::Guest)
+            .detail(state.settings.terms_version.clone()),
+    )
+    .await?;
     Ok(Json(RedeemResp {
         token,
         role: Role::Guest,
@@ -892,7 +911,7 @@ pub async fn consent_accept(
             s.event(AuditAction::ConsentAccepted, Outcome::Success)
                 .detail(req.version.clone()),
         )
-        .await;
+        .await?;
     Ok(Json(ConsentResp {
         accepted: true,
         version: Some(req.version),
@@ -910,7 +929,7 @@ pub async fn consent_revoke(State(state): State<AppState>, s: Authed) -> ApiResu
     };
     state
         .audit(s.event(AuditAction::ConsentRevoked, outcome))
-        .await;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -944,7 +963,7 @@ pub async fn chat_history(
                 s.event(AuditAction::ChatHistoryRefused, Outcome::Denied)
                     .target(id),
             )
-            .await;
+            .await?;
         return Err(ApiError::Forbidden);
     }
     let rows = state.store.chat_history(id).await?;
@@ -953,7 +972,7 @@ pub async fn chat_history(
             s.event(AuditAction::ChatHistoryRead, Outcome::Success)
                 .target(id),
         )
-        .await;
+        .await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| ChatView {
@@ -975,7 +994,7 @@ async fn require_admin(state: &AppState, s: &Authed) -> ApiResult<AccountId> {
         _ => {
             state
                 .audit(s.event(AuditAction::AdminRefused, Outcome::Denied))
-                .await;
+                .await?;
             Err(ApiError::Forbidden)
         }
     }
@@ -1051,7 +1070,7 @@ pub async fn admin_create_account(
             s.event(AuditAction::AccountCreated, Outcome::Success)
                 .target(id),
         )
-        .await;
+        .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
 }
 
@@ -1066,14 +1085,15 @@ pub async fn admin_disable_account(
         return Err(ApiError::NotFound);
     }
     let n = state.store.revoke_account_sessions(id).await?;
+    // Ending access never waits for the audit log (fail open).
     state
-        .audit(
+        .audit_fail_open(
             s.event(AuditAction::AccountDisabled, Outcome::Success)
                 .target(id),
         )
         .await;
     state
-        .audit(
+        .audit_fail_open(
             s.event(AuditAction::TokenRevoked, Outcome::Success)
                 .target(id)
                 .detail(format!("{n} sessions")),
@@ -1114,7 +1134,7 @@ pub async fn admin_audit(
         .await?;
     state
         .audit(s.event(AuditAction::AuditRead, Outcome::Success))
-        .await;
+        .await?;
     Ok(Json(records))
 }
 
@@ -1147,7 +1167,7 @@ pub async fn break_glass(
     };
     let reason = req.reason.trim().to_string();
     if reason.len() < 10 || reason.len() > 1000 {
-        state.audit(refuse("reason_missing")).await;
+        state.audit(refuse("reason_missing")).await?;
         return Err(ApiError::BadRequest(
             "state a reason (10 to 1000 characters)",
         ));
@@ -1161,7 +1181,7 @@ pub async fn break_glass(
     let pw_ok = verify_pw_blocking(account.password_hash.clone(), req.password).await;
     let code_ok = pw_ok && verify_totp(&state, &account, &req.totp, t).await?;
     if !code_ok {
-        state.audit(refuse("reauthentication_failed")).await;
+        state.audit(refuse("reauthentication_failed")).await?;
         return Err(ApiError::InvalidCredentials);
     }
     let expires_at = t.plus_secs(state.settings.break_glass_ttl_s);
@@ -1176,7 +1196,7 @@ pub async fn break_glass(
                 .target(format!("break-glass:{grant}"))
                 .detail(reason),
         )
-        .await;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(BreakGlassResp { grant, expires_at }),
@@ -1206,7 +1226,7 @@ pub async fn break_glass_appointment(
                     .target(id)
                     .detail("no_active_grant"),
             )
-            .await;
+            .await?;
         return Err(ApiError::Forbidden);
     };
     let appt = state
@@ -1231,7 +1251,7 @@ pub async fn break_glass_appointment(
                 .target(id)
                 .detail(format!("break-glass:{}", grant.id)),
         )
-        .await;
+        .await?;
     Ok(Json(EmergencyView {
         appointment: v,
         doctor_contact,

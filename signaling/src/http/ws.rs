@@ -192,7 +192,7 @@ async fn disconnect(state: &AppState, conn: &mut Conn) {
         });
         if matches!(left, Some(Ok(()))) {
             state
-                .audit(
+                .audit_fail_open(
                     conn.event(AuditAction::Left, Outcome::Success)
                         .target(appt)
                         .detail("disconnected"),
@@ -236,7 +236,7 @@ async fn on_tick(state: &AppState, conn: &mut Conn) -> bool {
                 .unwrap_or(false)
             {
                 state
-                    .audit(
+                    .audit_fail_open(
                         conn.event(AuditAction::SessionExpired, Outcome::Success)
                             .detail(problem.to_string()),
                     )
@@ -273,6 +273,12 @@ async fn handle_frame(state: &AppState, conn: &mut Conn, text: &str) {
     if let Err(e) = handle_msg(state, conn, msg).await {
         conn.send(e.into());
     }
+}
+
+/// An audit entry that could not be written refuses the action (fail closed; the
+/// failure is already counted and logged).
+fn audit_refused(_: ApiError) -> ProtoError {
+    err(ErrorCode::Internal)
 }
 
 fn err(code: ErrorCode) -> ProtoError {
@@ -328,7 +334,9 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                 Ok(role) => format!("{appt} {role}"),
                 Err(e) => format!("{appt} {}", e.code().as_str()),
             });
-            state.audit(e).await;
+            // Recorded after the room decided; fail open (see docs/security.md,
+            // "What fails closed").
+            state.audit_fail_open(e).await;
             res.map(|_| ()).map_err(Into::into)
         }
         ClientMsg::Deny { participant } => {
@@ -340,7 +348,7 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                 Err(_) => (AuditAction::AdmitRefused, Outcome::Denied),
             };
             state
-                .audit(
+                .audit_fail_open(
                     conn.event(action, outcome)
                         .target(participant)
                         .detail(appt.to_string()),
@@ -357,7 +365,7 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
             conn.room = None;
             state.hub().conns.remove(&conn.id);
             state
-                .audit(conn.event(AuditAction::Left, Outcome::Success).target(appt))
+                .audit_fail_open(conn.event(AuditAction::Left, Outcome::Success).target(appt))
                 .await;
             res.map_err(Into::into)
         }
@@ -376,7 +384,7 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                         tracing::error!(error = %e, "could not mark the appointment ended");
                     }
                     state
-                        .audit(
+                        .audit_fail_open(
                             conn.event(AuditAction::Ended, Outcome::Success)
                                 .target(appt),
                         )
@@ -390,7 +398,8 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                                 .target(appt)
                                 .detail(e.code().as_str()),
                         )
-                        .await;
+                        .await
+                        .map_err(audit_refused)?;
                     Err(e.into())
                 }
             }
@@ -461,7 +470,7 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                 Ok(accepted) => {
                     for (who, role) in &accepted.admitted {
                         state
-                            .audit(
+                            .audit_fail_open(
                                 conn.event(AuditAction::Admitted, Outcome::Success)
                                     .target(*who)
                                     .detail(format!("{appt} {role} mls")),
@@ -477,7 +486,8 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                                     .target(who)
                                     .detail(format!("{appt} {} mls", e.code().as_str())),
                             )
-                            .await;
+                            .await
+                            .map_err(audit_refused)?;
                     }
                 }
                 Err(_) => {}
@@ -555,7 +565,8 @@ async fn hello(
                     conn.event(AuditAction::WsAuthFailed, Outcome::Failure)
                         .detail(code.as_str()),
                 )
-                .await;
+                .await
+                .map_err(audit_refused)?;
             conn.auth_failures += 1;
             if conn.auth_failures >= MAX_AUTH_FAILURES {
                 conn.error(code);
@@ -572,6 +583,19 @@ async fn hello(
         },
         Principal::Guest(_) => "Guest".into(),
     };
+    // Recorded before the connection counts as authenticated (fail closed).
+    state
+        .audit(
+            conn.ctx
+                .event(
+                    session.principal.to_string(),
+                    AuditAction::WsAuthOk,
+                    Outcome::Success,
+                )
+                .role(session.role),
+        )
+        .await
+        .map_err(audit_refused)?;
     conn.auth = Some(ConnAuth {
         token_hash: hash_token(token),
         principal: session.principal.clone(),
@@ -584,9 +608,6 @@ async fn hello(
         role: session.role,
         idle_timeout_s: state.settings.idle_timeout_s.max(0) as u64,
     });
-    state
-        .audit(conn.event(AuditAction::WsAuthOk, Outcome::Success))
-        .await;
     Ok(())
 }
 
@@ -602,7 +623,10 @@ async fn join(
             .detail(code.as_str())
     };
     if conn.room.is_some() {
-        state.audit(refuse(ErrorCode::AlreadyJoined)).await;
+        state
+            .audit(refuse(ErrorCode::AlreadyJoined))
+            .await
+            .map_err(audit_refused)?;
         return Err(err(ErrorCode::AlreadyJoined));
     }
     let Some(auth) = &conn.auth else {
@@ -640,7 +664,7 @@ async fn join(
     let appointment = match decision {
         Ok(a) => a,
         Err(code) => {
-            state.audit(refuse(code)).await;
+            state.audit(refuse(code)).await.map_err(audit_refused)?;
             return Err(err(code));
         }
     };
@@ -651,7 +675,10 @@ async fn join(
             .await
             .map_err(|_| err(ErrorCode::Internal))?;
         if consent.is_none_or(|c| c.version != state.settings.terms_version) {
-            state.audit(refuse(ErrorCode::ConsentRequired)).await;
+            state
+                .audit(refuse(ErrorCode::ConsentRequired))
+                .await
+                .map_err(audit_refused)?;
             return Err(err(ErrorCode::ConsentRequired));
         }
     }
@@ -667,7 +694,10 @@ async fn join(
                 err(ErrorCode::Internal)
             })?;
         if !found.is_some_and(|f| f.is_active()) {
-            state.audit(refuse(ErrorCode::UnknownDevice)).await;
+            state
+                .audit(refuse(ErrorCode::UnknownDevice))
+                .await
+                .map_err(audit_refused)?;
             return Err(err(ErrorCode::UnknownDevice));
         }
     }
@@ -718,18 +748,27 @@ async fn join(
                 // Admitted again within the rejoin grace: a join, not a waiting one.
                 JoinOutcome::Readmitted => AuditAction::JoinOk,
             };
-            state
+            let recorded = state
                 .audit(
                     conn.event(action, Outcome::Success)
                         .target(id)
                         .detail(conn.id.to_string()),
                 )
                 .await;
+            if let Err(e) = recorded {
+                // Fail closed: take the joiner out again before anyone acts on it.
+                conn.room = None;
+                let _ = with_room(state, id, |r| {
+                    r.handle_leave(now(), conn.id, LeaveReason::Disconnected)
+                });
+                hub.conns.remove(&conn.id);
+                return Err(audit_refused(e));
+            }
             Ok(())
         }
         Err(e) => {
             hub.conns.remove(&conn.id);
-            state.audit(refuse(e.code())).await;
+            state.audit(refuse(e.code())).await.map_err(audit_refused)?;
             Err(e.into())
         }
     }

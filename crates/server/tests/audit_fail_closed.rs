@@ -1,0 +1,131 @@
+//! The audit trail fails closed: an action whose audit entry cannot be written does
+//! not happen. Here the log is broken the way a hostile insider would break it (one
+//! well-formed row inserted past the head), and the next login is refused instead of
+//! succeeding unrecorded, the failure shows on `/metrics`, logout still works (it
+//! fails open), and `confide audit verify` names the forged row.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use confide_audit::store::{AuditStore, Backend, sqlx};
+use confide_audit::{AuditEntry, AuditEvent, Outcome, Priority, Timestamp};
+use confide_server::confide_signaling::model::Role;
+use serde_json::json;
+
+/// Inserts, outside the log, a row at the head's size with a correctly computed leaf
+/// hash: no key is needed for that.
+async fn forge_row_past_the_head(db_url: &str) -> u64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db_url).await.unwrap();
+    let size = AuditStore::attach(pool.clone(), Backend::Sqlite)
+        .size()
+        .await
+        .unwrap();
+    let entry = AuditEntry::new(
+        size,
+        Timestamp::from_unix_millis(1_800_000_000_000).unwrap(),
+        AuditEvent {
+            actor: "account:1".into(),
+            role: None,
+            action: "login_ok".into(),
+            target: None,
+            patient: None,
+            outcome: Outcome::Success,
+            source: None,
+            request_id: None,
+            priority: Priority::Normal,
+            detail: None,
+        },
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, role, action, target, patient, outcome, \
+         source, request_id, priority, detail, leaf_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(size as i64)
+    .bind(entry.time().unix_millis())
+    .bind(entry.actor())
+    .bind(entry.role())
+    .bind(entry.action())
+    .bind(entry.target())
+    .bind(entry.patient())
+    .bind(entry.outcome().as_str())
+    .bind(entry.source())
+    .bind(entry.request_id())
+    .bind(entry.priority().as_str())
+    .bind(entry.detail())
+    .bind(entry.leaf_hash().to_hex())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    size
+}
+
+#[tokio::test]
+async fn forged_row_past_the_head_refuses_the_next_login_and_verify_reports_it() {
+    let s = server_with(|cfg| cfg.admin_bind = Some("127.0.0.1:0".parse().unwrap())).await;
+    let (user, password, _) = s.demo_account(Role::Patient);
+    let before = s.login(&user, &password, None).await;
+
+    let db_url = format!("sqlite://{}", s.data_dir.join("confide.sqlite3").display());
+    let head = forge_row_past_the_head(&db_url).await;
+
+    // The next audited action is refused, with a clear error and no token.
+    let r = s
+        .req(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": user, "password": password})),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "audit_unavailable", "{:?}", r.body);
+    assert!(r.body.get("token").is_none());
+    // Reads that would be audited are refused too.
+    let r = s.req("GET", "/api/appointments", Some(&before), None).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    // Ending access fails open: logging out still works.
+    let r = s.req("POST", "/api/logout", Some(&before), None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let r = s.req("GET", "/api/me", Some(&before), None).await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+
+    let admin = s.running.admin.as_ref().expect("admin listener").addr;
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures = |policy: &str| -> u64 {
+        let series = format!("confide_audit_write_failures_total{{policy=\"{policy}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(failures("closed") >= 2, "{metrics}");
+    assert!(failures("open") >= 1, "{metrics}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .args(["audit", "verify"])
+        .env("CONFIDE_DATA_DIR", &s.data_dir)
+        .env_remove("CONFIDE_MASTER_KEY")
+        .env_remove("CONFIDE_MASTER_KEY_FILE")
+        .env_remove("CONFIDE_DATABASE_URL")
+        .env_remove("CONFIDE_AUDIT_KEY_FILE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "verify answered OK: {stderr}");
+    assert!(
+        stderr.contains(&format!("beyond the stored log size {head}")),
+        "{stderr}"
+    );
+}
