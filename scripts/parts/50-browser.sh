@@ -114,6 +114,10 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 curl -skf "https://127.0.0.1:$port/healthz" >/dev/null
+if [ "$CONFIDE_REQUIRE_TAP" = 1 ] && ! grep -q 'forwarding tap ON' target/browser/server.log; then
+    echo "the server records no forwarded payloads: $bin was built without --features tap"
+    exit 1
+fi
 
 log "node --test (crates/web/tests)"
 set +e

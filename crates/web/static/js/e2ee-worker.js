@@ -395,9 +395,10 @@ const ops = {
     const needsAccept = [];
     const kps = [];
     const adding = []; // {id, principal, device}
-    // A leaf of someone who left without a Remove yet (a reload): remove it first.
+    // A leaf of someone who left without a Remove yet (a reload): removed first, in a
+    // commit of its own, before any KeyPackage is claimed.
     const stale = [];
-    const dirs = new Map();
+    const todo = [];
     for (const p of list) {
       if (leafOf.has(p.id)) continue; // added already
       if (!p.device || !DEVICE.test(p.device) || !PRINCIPAL.test(p.principal || '')) {
@@ -405,15 +406,21 @@ const ops = {
         continue;
       }
       const same = roster.find((m) => m.principal === p.principal && m.device === p.device);
-      if (same) {
-        const owner = [...leafOf.entries()].find(([, leaf]) => leaf === same.leaf);
-        if (owner && here.has(owner[0])) {
-          refused.push({ participant: p.id, error: 'this device is in the call already' });
-        } else {
-          stale.push(same.leaf);
-        }
+      if (!same) {
+        todo.push(p);
         continue;
       }
+      const owner = [...leafOf.entries()].find(([, leaf]) => leaf === same.leaf);
+      if (owner && here.has(owner[0])) refused.push({ participant: p.id, error: 'this device is in the call already' });
+      else stale.push(same.leaf);
+    }
+    if (stale.length) {
+      const c = group.remove(device, stale);
+      pending = { kind: 'remove', leaves: stale };
+      return { commit: { commit: B64.enc(c.commit) }, again: true, refused, needsAccept };
+    }
+    const dirs = new Map();
+    for (const p of todo) {
       try {
         let dir = dirs.get(p.principal);
         if (!dir) {
@@ -444,12 +451,6 @@ const ops = {
     }
     for (const d of dirs.values()) free(d);
     await persist();
-    if (stale.length) {
-      for (const kp of kps) free(kp);
-      const c = group.remove(device, stale);
-      pending = { kind: 'remove', leaves: stale };
-      return { commit: { commit: B64.enc(c.commit) }, again: true, refused, needsAccept };
-    }
     if (kps.length === 0) return { refused, needsAccept };
     const c = group.add(device, kps);
     pending = { kind: 'add', add: adding };
