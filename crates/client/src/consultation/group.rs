@@ -1,22 +1,12 @@
-//! One participant of a consultation, end to end, as a browser does it: log in (TOTP),
-//! register this device in the key directory, open `/ws`, join, wait to be admitted
-//! (or, as the doctor, admit), negotiate media with the SFU, run the consultation's MLS
-//! group (`docs/keys.md`), and answer the SFU's renegotiations until the consultation
-//! ends.
-//!
-//! Keys: the doctor's device creates the group and is the only one that adds and
-//! removes; everyone else joins from a Welcome. Before a key is shared with a device
-//! the device is checked against the key directory's log and this device's pins
-//! ([`confide_mls::admission`]); anything that fails is refused or held back and shows
-//! as a [`Happening::Warning`]. Frame keys come from the group's epoch secret and go to
-//! the [`MediaLoop`]; chat and key-transparency checkpoints are MLS application
-//! messages in `chat`.
-//!
-//! The media session itself runs in a shared [`MediaLoop`]; this type is the signaling
-//! side and holds the group state.
+//! The consultation's MLS group as one participant runs it (`docs/keys.md`): this
+//! device's bootstrap (registration, KeyPackages, the pinned log key), the log view
+//! every directory answer is checked against, the doctor's claimed and checked Adds
+//! and its Removes, a joiner's Welcome and owner check, every member's commit and
+//! application-message handling, the split-view check of members' log heads, and the
+//! epoch keys handed to the media loop. Anything that fails a check is refused or held
+//! back and becomes a [`KeyWarning`].
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -25,61 +15,16 @@ use confide_mls::admission;
 use confide_mls::pins::PinStatus;
 use confide_mls::transparency::{GroupPayload, LogView, LoggedDevice, TreeHead};
 use confide_mls::{
-    ClaimedKeyPackage, ConsultationGroup, DeviceId, DeviceName, Incoming, Member, Principal, safety,
+    ClaimedKeyPackage, ConsultationGroup, DeviceName, Incoming, Member, Principal, safety,
 };
-use confide_signaling::model::{AppointmentId, DeviceId as WireDeviceId, ParticipantId, Role};
-use confide_signaling::proto::{ClientMsg, ParticipantInfo, ServerMsg};
+use confide_signaling::model::{ParticipantId, Role};
+use confide_signaling::proto::{ClientMsg, ServerMsg};
 
-use crate::device::{DeviceStore, KeyConfig, PinPolicy, StoreError};
+use super::{ConsultationError, Happening, Participant, STEP};
+use crate::device::{DeviceStore, KeyConfig, PinPolicy};
 use crate::directory::KeyDirectory;
-use crate::driver::{DriverError, EpochKeys, MediaLoop, SUITE, SlotId, SlotSpec, Traffic};
-use crate::signaling::{Endpoint, Signaling, SignalingError};
-
-/// Errors of a participant's flow.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConsultationError {
-    /// Signaling failed.
-    #[error("signaling: {0}")]
-    Signaling(#[from] SignalingError),
-    /// The media loop failed.
-    #[error("media: {0}")]
-    Driver(#[from] DriverError),
-    /// This device's stored state could not be read or written.
-    #[error("device: {0}")]
-    Device(#[from] StoreError),
-    /// The MLS layer failed on our own input (not a peer's): a bug or a corrupt state.
-    #[error("keys: {0}")]
-    Keys(#[from] confide_mls::Error),
-    /// The server turned us away.
-    #[error("denied")]
-    Denied,
-    /// The consultation ended.
-    #[error("consultation ended")]
-    Ended,
-    /// API misuse (e.g. media before joining).
-    #[error("{0}")]
-    Usage(&'static str),
-}
-
-/// Login credentials. `Debug` never prints the password or the secret.
-#[derive(Clone)]
-pub struct Credentials {
-    /// Username.
-    pub username: String,
-    /// Password.
-    pub password: String,
-    /// Base32 TOTP secret, for accounts with a second factor.
-    pub totp_secret: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
+use crate::driver::{EpochKeys, SUITE};
+use crate::signaling::{Endpoint, SignalingError};
 
 /// A key-layer event people must see. None of them carries key material.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,51 +87,10 @@ impl KeyWarning {
     }
 }
 
-/// Something worth telling the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Happening {
-    /// We share the group's current epoch with `peer`: its frames open with our keys
-    /// and ours with its keys.
-    Keyed {
-        /// The peer's participant id.
-        peer: u64,
-    },
-    /// The group moved to a new epoch (its key is installed).
-    Epoch(u64),
-    /// Someone was admitted.
-    PeerJoined(u64),
-    /// Someone left.
-    PeerLeft(u64),
-    /// Someone is waiting (doctor).
-    Waiting(Vec<u64>),
-    /// A chat line from a member.
-    Chat {
-        /// The participant id the server reported.
-        from: u64,
-        /// The member who sent it, as MLS authenticated it.
-        sender: DeviceName,
-        /// The text.
-        text: String,
-    },
-    /// A key-layer warning.
-    Warning(KeyWarning),
-    /// The doctor's device removed us from the group.
-    Removed,
-}
-
-/// What the room tells about a participant.
-#[derive(Debug, Clone)]
-struct Person {
-    role: Role,
-    /// The device it joined with (principal and device id from the server).
-    name: Option<DeviceName>,
-}
-
 /// A key the user has to accept before it is shared with.
 #[derive(Debug, Clone)]
-struct Held {
-    participant: u64,
+pub(super) struct Held {
+    pub(super) participant: u64,
     name: DeviceName,
     key: [u8; 32],
 }
@@ -194,80 +98,42 @@ struct Held {
 /// How many times the doctor's device asks the directory for a KeyPackage of one
 /// joiner before it gives up until the next admission.
 const CLAIM_ATTEMPTS: usize = 3;
+
 /// How long it waits between attempts.
 const CLAIM_RETRY: Duration = Duration::from_millis(200);
+
 /// When the doctor's device has fewer one-time KeyPackages than this on the
 /// directory, it uploads a new batch.
 const MIN_KEY_PACKAGES: u64 = 5;
+
 /// The batch.
 const KEY_PACKAGE_BATCH: usize = 10;
 
 /// The key layer of one participant: device, log view, group.
-struct Keys {
-    store: DeviceStore,
-    policy: PinPolicy,
-    log_key: String,
-    log: LogView,
-    consultation: String,
-    group: Option<ConsultationGroup>,
+pub(super) struct Keys {
+    pub(super) store: DeviceStore,
+    pub(super) policy: PinPolicy,
+    pub(super) log_key: String,
+    pub(super) log: LogView,
+    pub(super) consultation: String,
+    pub(super) group: Option<ConsultationGroup>,
     /// A group we were welcomed into whose owner waits for the user.
-    held_group: Option<ConsultationGroup>,
+    pub(super) held_group: Option<ConsultationGroup>,
     /// Keys held back until the user accepts them.
-    held: Vec<Held>,
+    pub(super) held: Vec<Held>,
     /// Doctor: admitted participants not in the group yet.
-    to_add: BTreeSet<u64>,
+    pub(super) to_add: BTreeSet<u64>,
     /// (group id, epoch) the media slot holds.
-    installed: Option<(Vec<u8>, u64)>,
+    pub(super) installed: Option<(Vec<u8>, u64)>,
     /// Sending is held back (a member added by the doctor failed our check).
-    holding: bool,
-    warnings: Vec<KeyWarning>,
+    pub(super) holding: bool,
+    pub(super) warnings: Vec<KeyWarning>,
 }
 
 impl Keys {
-    fn device(&self) -> &confide_mls::Device {
+    pub(super) fn device(&self) -> &confide_mls::Device {
         self.store.device()
     }
-}
-
-/// One participant's signaling side.
-pub struct Participant {
-    sig: Signaling,
-    ep: Endpoint,
-    token: String,
-    you: u64,
-    admitted: bool,
-    media: Arc<MediaLoop>,
-    slot: Option<SlotId>,
-    peers: BTreeSet<u64>,
-    people: HashMap<u64, Person>,
-    waiting: Vec<u64>,
-    deferred: VecDeque<ServerMsg>,
-    /// Happenings produced while a call waited for something else; returned first by
-    /// the next step.
-    backlog: Vec<Happening>,
-    keys: Keys,
-}
-
-impl std::fmt::Debug for Participant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Participant")
-            .field("you", &self.you)
-            .field("admitted", &self.admitted)
-            .field("peers", &self.peers)
-            .field("device", self.keys.store.name())
-            .finish_non_exhaustive()
-    }
-}
-
-const STEP: Duration = Duration::from_secs(20);
-
-fn person(p: &ParticipantInfo) -> (u64, Person) {
-    let name = p.device.as_ref().and_then(|d| {
-        let principal = Principal::new(&p.principal).ok()?;
-        let device = DeviceId::parse(d.as_str()).ok()?;
-        Some(DeviceName { principal, device })
-    });
-    (p.id.0, Person { role: p.role, name })
 }
 
 fn peer_error(e: &confide_mls::Error) -> String {
@@ -276,91 +142,55 @@ fn peer_error(e: &confide_mls::Error) -> String {
     s
 }
 
-impl Participant {
-    /// Logs in, connects and joins `consultation` with a fresh temporary device.
-    /// Returns once the server said `joined` (the doctor) or `waiting` (everyone else).
-    pub async fn join(
-        endpoint: &Endpoint,
-        creds: &Credentials,
-        consultation: i64,
-        media: Arc<MediaLoop>,
-    ) -> Result<Self, ConsultationError> {
-        let token = endpoint
-            .login(
-                &creds.username,
-                &creds.password,
-                creds.totp_secret.as_deref(),
-            )
+/// This device for the session `token`: loaded from (or made in) the state directory
+/// of our principal, registered (idempotently), its KeyPackages topped up, and the log
+/// key pinned on first use. Returns the device, the log key and our log view.
+pub(super) async fn open_device(
+    endpoint: &Endpoint,
+    token: &str,
+    config: &KeyConfig,
+) -> Result<(DeviceStore, String, LogView), ConsultationError> {
+    let dir = KeyDirectory::new(endpoint, token);
+    let principal = dir.me().await?;
+    let mut store = DeviceStore::open(config.state_dir.as_deref(), principal)?;
+    dir.register(store.device()).await?;
+    let device_id = store.name().device;
+    let count = dir.key_packages(&device_id).await?;
+    if count.available < MIN_KEY_PACKAGES || !count.last_resort {
+        let one_time = store.device().key_packages(KEY_PACKAGE_BATCH)?;
+        let last_resort = store.device().last_resort_key_package()?;
+        // Saved before upload: a Welcome for one of them must find its private key.
+        store.save_state()?;
+        dir.upload_key_packages(&device_id, &one_time, Some(&last_resort))
             .await?;
-        Self::join_with_keys(endpoint, &token, consultation, media, KeyConfig::default()).await
     }
-
-    /// Like [`Participant::join`] with a session token (e.g. a guest's).
-    pub async fn join_with_token(
-        endpoint: &Endpoint,
-        token: &str,
-        consultation: i64,
-        media: Arc<MediaLoop>,
-    ) -> Result<Self, ConsultationError> {
-        Self::join_with_keys(endpoint, token, consultation, media, KeyConfig::default()).await
-    }
-
-    /// Joins with the device `keys` names: loads (or makes) this principal's device,
-    /// registers it, tops up its KeyPackages, pins the log key on first use, then joins.
-    pub async fn join_with_keys(
-        endpoint: &Endpoint,
-        token: &str,
-        consultation: i64,
-        media: Arc<MediaLoop>,
-        keys: KeyConfig,
-    ) -> Result<Self, ConsultationError> {
-        let dir = KeyDirectory::new(endpoint, token);
-        let principal = dir.me().await?;
-        let mut store = DeviceStore::open(keys.state_dir.as_deref(), principal)?;
-        dir.register(store.device()).await?;
-        let device_id = store.name().device;
-        let count = dir.key_packages(&device_id).await?;
-        if count.available < MIN_KEY_PACKAGES || !count.last_resort {
-            let one_time = store.device().key_packages(KEY_PACKAGE_BATCH)?;
-            let last_resort = store.device().last_resort_key_package()?;
-            // Saved before upload: a Welcome for one of them must find its private key.
-            store.save_state()?;
-            dir.upload_key_packages(&device_id, &one_time, Some(&last_resort))
-                .await?;
+    let log_key = match store.log_key() {
+        Some(k) => k.to_string(),
+        None => {
+            let k = dir.log_key().await?;
+            store.save_log(&k, String::new())?;
+            k
         }
-        let log_key = match store.log_key() {
-            Some(k) => k.to_string(),
-            None => {
-                let k = dir.log_key().await?;
-                store.save_log(&k, String::new())?;
-                k
-            }
-        };
-        let log = LogView::new(&log_key, Some(store.log_head()))?;
+    };
+    let log = LogView::new(&log_key, Some(store.log_head()))?;
+    Ok((store, log_key, log))
+}
 
-        let mut sig = endpoint.connect(token).await?;
-        let appt = AppointmentId(consultation);
-        sig.send(&ClientMsg::Join {
-            consultation: appt,
-            device: WireDeviceId::parse(&device_id.to_string()),
-        })
-        .await?;
-        let (you, admitted, people) = sig
-            .wait_for(STEP, "joined or waiting", |m| match m {
-                ServerMsg::Joined {
-                    you, participants, ..
-                } => Some((you.0, true, participants.iter().map(person).collect())),
-                ServerMsg::Waiting { you, .. } => Some((you.0, false, HashMap::new())),
-                _ => None,
-            })
-            .await?;
-        let people: HashMap<u64, Person> = people;
-        let mut keys = Keys {
+impl Keys {
+    /// The key layer of a participant of `consultation` (the appointment id as text).
+    pub(super) fn new(
+        store: DeviceStore,
+        policy: PinPolicy,
+        log_key: String,
+        log: LogView,
+        consultation: String,
+    ) -> Self {
+        Keys {
             store,
-            policy: keys.policy,
+            policy,
             log_key,
             log,
-            consultation: consultation.to_string(),
+            consultation,
             group: None,
             held_group: None,
             held: Vec::new(),
@@ -368,62 +198,11 @@ impl Participant {
             installed: None,
             holding: false,
             warnings: Vec::new(),
-        };
-        let peers: BTreeSet<u64> = people.keys().copied().filter(|&p| p != you).collect();
-        if admitted {
-            // The doctor: a new group for this visit; whoever is already admitted (we
-            // rejoined) is added in one commit.
-            keys.group = Some(ConsultationGroup::create(
-                keys.device(),
-                &keys.consultation,
-            )?);
-            keys.to_add = peers.clone();
         }
-        let mut p = Participant {
-            sig,
-            ep: endpoint.clone(),
-            token: token.to_string(),
-            you,
-            admitted,
-            media,
-            slot: None,
-            peers,
-            people,
-            waiting: Vec::new(),
-            deferred: VecDeque::new(),
-            backlog: Vec::new(),
-            keys,
-        };
-        let out = p.add_pending().await?;
-        p.backlog.extend(out);
-        Ok(p)
     }
+}
 
-    /// Our participant id.
-    pub fn you(&self) -> u64 {
-        self.you
-    }
-
-    /// Our media slot, once media started.
-    pub fn slot(&self) -> Option<SlotId> {
-        self.slot
-    }
-
-    /// Admitted peers.
-    pub fn peers(&self) -> impl Iterator<Item = u64> + '_ {
-        self.peers.iter().copied()
-    }
-
-    /// This device.
-    pub fn device(&self) -> &DeviceName {
-        self.keys.store.name()
-    }
-
-    /// This device's Ed25519 key (what peers pin).
-    pub fn device_key(&self) -> [u8; 32] {
-        self.keys.device().signature_key()
-    }
-
+impl Participant {
     /// The group's members, from MLS state (the roster people see).
     pub fn roster(&self) -> Vec<Member> {
         self.keys
@@ -461,6 +240,11 @@ impl Participant {
         let mut d = confide_e2ee::GroupFrameDecryptor::new(SUITE);
         d.install(g.epoch_secret(self.keys.device()).ok()?).ok()?;
         Some(d)
+    }
+
+    /// This device's Ed25519 key (what peers pin).
+    pub fn device_key(&self) -> [u8; 32] {
+        self.keys.device().signature_key()
     }
 
     fn member_of(&self, peer: u64) -> Option<Member> {
@@ -535,7 +319,7 @@ impl Participant {
         Ok(out)
     }
 
-    fn is_owner(&self) -> bool {
+    pub(super) fn is_owner(&self) -> bool {
         self.keys
             .group
             .as_ref()
@@ -562,226 +346,9 @@ impl Participant {
         Ok(())
     }
 
-    /// Waits until the doctor admits us.
-    pub async fn wait_admitted(&mut self) -> Result<(), ConsultationError> {
-        if self.admitted {
-            return Ok(());
-        }
-        let deferred = &mut self.deferred;
-        let res = self
-            .sig
-            .wait_for(STEP, "admitted", |m| match m {
-                ServerMsg::Admitted { participants, .. } => {
-                    Some(Ok(participants.iter().map(person).collect::<Vec<_>>()))
-                }
-                ServerMsg::Denied { .. } => Some(Err(ConsultationError::Denied)),
-                ServerMsg::Ended { .. } => Some(Err(ConsultationError::Ended)),
-                other => {
-                    deferred.push_back(other.clone());
-                    None
-                }
-            })
-            .await??;
-        for (id, p) in res {
-            if id != self.you {
-                self.peers.insert(id);
-            }
-            self.people.insert(id, p);
-        }
-        self.admitted = true;
-        Ok(())
-    }
-
-    /// Doctor: waits until `n` participants are waiting and admits them through the
-    /// key layer: each one's KeyPackage is claimed and checked, and those that pass
-    /// are added to the group in one commit, which is what admits them. Returns the
-    /// participants admitted; one that fails a check (a warning says why) stays in
-    /// the waiting room, and counts towards `n` all the same.
-    pub async fn admit(&mut self, n: usize) -> Result<Vec<u64>, ConsultationError> {
-        let mut admitted = Vec::new();
-        let mut tried = BTreeSet::new();
-        loop {
-            let fresh: Vec<u64> = self
-                .waiting
-                .iter()
-                .copied()
-                .filter(|id| !tried.contains(id))
-                .collect();
-            if !fresh.is_empty() {
-                tried.extend(fresh.iter().copied());
-                self.keys.to_add.extend(fresh.iter().copied());
-                let out = self.add_pending().await?;
-                admitted.extend(fresh.into_iter().filter(|&id| self.in_group(id)));
-                self.backlog.extend(out);
-            }
-            if tried.len() >= n {
-                return Ok(admitted);
-            }
-            let m = self.sig.recv_timeout(STEP, "waiting room").await?;
-            let out = self.handle(m).await?;
-            self.backlog.extend(out);
-        }
-    }
-
     /// Whether participant `id`'s device is a member of our group.
-    fn in_group(&self, id: u64) -> bool {
+    pub(super) fn in_group(&self, id: u64) -> bool {
         self.member_of(id).is_some()
-    }
-
-    /// Creates our media session in the loop, offers it to the SFU and waits for the
-    /// answer; installs the group's key if we have one.
-    pub async fn start_media(&mut self, traffic: Traffic) -> Result<SlotId, ConsultationError> {
-        if !self.admitted {
-            return Err(ConsultationError::Usage("media before admission"));
-        }
-        let (slot, offer) = self
-            .media
-            .create(SlotSpec {
-                you: self.you,
-                traffic,
-            })
-            .await?;
-        self.slot = Some(slot);
-        self.sig.send(&ClientMsg::MediaOffer { sdp: offer }).await?;
-        let deferred = &mut self.deferred;
-        let answer = self
-            .sig
-            .wait_for(STEP, "media_answer", |m| match m {
-                ServerMsg::MediaAnswer { sdp } => Some(sdp.clone()),
-                ServerMsg::Error { .. } => None,
-                other => {
-                    deferred.push_back(other.clone());
-                    None
-                }
-            })
-            .await?;
-        self.media.answer(slot, answer).await?;
-        self.sync_media().await?;
-        // Whatever arrived meanwhile (Welcome, commits, renegotiations, joins) is
-        // handled now; what it produced is returned by the next step.
-        while let Some(m) = self.deferred.pop_front() {
-            let out = self.handle(m).await?;
-            self.backlog.extend(out);
-        }
-        Ok(slot)
-    }
-
-    /// Handles signaling for up to `limit`; returns what happened. Stops early at the
-    /// first [`Happening`] batch or when `limit` passes.
-    pub async fn step(&mut self, limit: Duration) -> Result<Vec<Happening>, ConsultationError> {
-        if !self.backlog.is_empty() {
-            return Ok(std::mem::take(&mut self.backlog));
-        }
-        if let Some(m) = self.deferred.pop_front() {
-            return self.handle(m).await;
-        }
-        match tokio::time::timeout(limit, self.sig.recv()).await {
-            Err(_) => Ok(Vec::new()),
-            Ok(m) => self.handle(m?).await,
-        }
-    }
-
-    /// Runs signaling until `done` holds for what happened so far, at most `limit`.
-    pub async fn run_until(
-        &mut self,
-        limit: Duration,
-        mut done: impl FnMut(&[Happening]) -> bool,
-    ) -> Result<Vec<Happening>, ConsultationError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut all = Vec::new();
-        while !done(&all) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(SignalingError::Timeout("consultation step").into());
-            }
-            all.extend(self.step(left).await?);
-        }
-        Ok(all)
-    }
-
-    /// Handles signaling (renegotiations, keys, joins) until `until` resolves; returns
-    /// what happened. Call it while media runs, or the SFU's offers go unanswered.
-    pub async fn serve_until(
-        &mut self,
-        until: impl std::future::Future<Output = ()>,
-    ) -> Result<Vec<Happening>, ConsultationError> {
-        let mut all = std::mem::take(&mut self.backlog);
-        while let Some(m) = self.deferred.pop_front() {
-            all.extend(self.handle(m).await?);
-        }
-        tokio::pin!(until);
-        loop {
-            // Only the receive is raced against `until`: a message being handled is
-            // never cut off halfway.
-            let m = tokio::select! {
-                m = self.sig.recv() => m?,
-                _ = &mut until => return Ok(all),
-            };
-            all.extend(self.handle(m).await?);
-        }
-    }
-
-    async fn handle(&mut self, m: ServerMsg) -> Result<Vec<Happening>, ConsultationError> {
-        let mut out = Vec::new();
-        match m {
-            ServerMsg::WaitingRoom { waiting } => {
-                self.waiting = waiting.iter().map(|p| p.id.0).collect();
-                for p in &waiting {
-                    let (id, p) = person(p);
-                    self.people.insert(id, p);
-                }
-                out.push(Happening::Waiting(self.waiting.clone()));
-            }
-            ServerMsg::ParticipantJoined { participant } => {
-                let (id, p) = person(&participant);
-                self.people.insert(id, p);
-                if id != self.you && self.peers.insert(id) {
-                    out.push(Happening::PeerJoined(id));
-                    // Admitted without our commit (the server's rejoin grace): the
-                    // doctor's device adds it after the same checks as any joiner.
-                    if self.is_owner() && !self.in_group(id) {
-                        self.keys.to_add.insert(id);
-                        out.extend(self.add_pending().await?);
-                    }
-                }
-            }
-            ServerMsg::ParticipantLeft { participant, .. } => {
-                let id = participant.0;
-                self.peers.remove(&id);
-                self.keys.to_add.remove(&id);
-                self.keys.held.retain(|h| h.participant != id);
-                out.push(Happening::PeerLeft(id));
-                if self.is_owner() {
-                    out.extend(self.remove_member(id).await?);
-                }
-            }
-            ServerMsg::MediaOffer { sdp } => {
-                let slot = self
-                    .slot
-                    .ok_or(ConsultationError::Usage("offer before media"))?;
-                let answer = self.media.offer(slot, sdp).await?;
-                self.sig
-                    .send(&ClientMsg::MediaAnswer { sdp: answer })
-                    .await?;
-            }
-            ServerMsg::MlsWelcome { from, welcome } => {
-                out.extend(self.on_welcome(from.0, &welcome).await?);
-            }
-            ServerMsg::MlsCommit { from, commit, .. } => {
-                out.extend(self.on_commit(from.0, &commit).await?);
-            }
-            // The server echoes our own messages; MLS cannot open them anyway.
-            ServerMsg::Chat {
-                from, ciphertext, ..
-            } if from.0 != self.you => {
-                out.extend(self.on_chat(from.0, &ciphertext).await?);
-            }
-            ServerMsg::Ended { .. } | ServerMsg::Denied { .. } => {
-                return Err(ConsultationError::Ended);
-            }
-            _ => {}
-        }
-        Ok(out)
     }
 
     fn warn(&mut self, w: KeyWarning, out: &mut Vec<Happening>) {
@@ -819,7 +386,7 @@ impl Participant {
 
     /// Doctor: claims, checks and adds every admitted participant not in the group yet,
     /// in one commit.
-    async fn add_pending(&mut self) -> Result<Vec<Happening>, ConsultationError> {
+    pub(super) async fn add_pending(&mut self) -> Result<Vec<Happening>, ConsultationError> {
         let mut out = Vec::new();
         if !self.is_owner() || self.keys.to_add.is_empty() {
             return Ok(out);
@@ -1016,7 +583,10 @@ impl Participant {
     }
 
     /// Doctor: a participant left; its leaf goes in a Remove commit.
-    async fn remove_member(&mut self, id: u64) -> Result<Vec<Happening>, ConsultationError> {
+    pub(super) async fn remove_member(
+        &mut self,
+        id: u64,
+    ) -> Result<Vec<Happening>, ConsultationError> {
         let Some(name) = self.people.get(&id).and_then(|p| p.name.clone()) else {
             return Ok(Vec::new());
         };
@@ -1070,7 +640,7 @@ impl Participant {
     }
 
     /// Gives the media slot the group's current epoch key, if it does not hold it.
-    async fn sync_media(&mut self) -> Result<(), ConsultationError> {
+    pub(super) async fn sync_media(&mut self) -> Result<(), ConsultationError> {
         let (Some(slot), Some(group)) = (self.slot, self.keys.group.as_ref()) else {
             return Ok(());
         };
@@ -1097,7 +667,7 @@ impl Participant {
 
     /// A Welcome: join the group if it belongs to this consultation and was made by a
     /// device of its doctor, then check that device against the log and the pins.
-    async fn on_welcome(
+    pub(super) async fn on_welcome(
         &mut self,
         from: u64,
         welcome: &str,
@@ -1197,7 +767,7 @@ impl Participant {
     }
 
     /// A commit the server ordered: process it; check the devices it added.
-    async fn on_commit(
+    pub(super) async fn on_commit(
         &mut self,
         from: u64,
         commit: &str,
@@ -1285,7 +855,7 @@ impl Participant {
     }
 
     /// A group application message: chat, or a member's log head.
-    async fn on_chat(
+    pub(super) async fn on_chat(
         &mut self,
         from: u64,
         ciphertext: &str,
@@ -1360,78 +930,5 @@ impl Participant {
             }
         };
         Ok(self.keys.log.check_peer_head(head, &proof).is_ok())
-    }
-
-    /// Sends a ping and waits for the pong (a signaling round trip).
-    pub async fn ping(&mut self) -> Result<(), ConsultationError> {
-        self.sig.send(&ClientMsg::Ping { nonce: Some(1) }).await?;
-        let deferred = &mut self.deferred;
-        self.sig
-            .wait_for(STEP, "pong", |m| match m {
-                ServerMsg::Pong { .. } => Some(()),
-                other => {
-                    deferred.push_back(other.clone());
-                    None
-                }
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Doctor: ends the consultation for everyone and waits for `ended`.
-    pub async fn end(mut self) -> Result<(), ConsultationError> {
-        self.sig.send(&ClientMsg::End).await?;
-        let _ = self
-            .sig
-            .wait_for(STEP, "ended", |m| {
-                matches!(m, ServerMsg::Ended { .. }).then_some(())
-            })
-            .await;
-        self.finish();
-        Ok(())
-    }
-
-    /// Leaves (the connection closes).
-    pub async fn leave(mut self) {
-        let _ = self.sig.send(&ClientMsg::Leave).await;
-        self.finish();
-        self.sig.close().await;
-    }
-
-    /// Waits until the server ends the consultation (the doctor ended it).
-    pub async fn wait_ended(mut self, limit: Duration) -> Result<(), ConsultationError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.step(left).await {
-                Err(ConsultationError::Ended)
-                | Err(ConsultationError::Signaling(SignalingError::Closed)) => {
-                    self.finish();
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-                Ok(_) if left.is_zero() => {
-                    return Err(SignalingError::Timeout("ended").into());
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// The consultation is over for us: media stops, the group's secrets are deleted
-    /// from the device state.
-    fn finish(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.media.remove(slot);
-        }
-        for g in [self.keys.group.take(), self.keys.held_group.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = g.delete(self.keys.store.device());
-        }
-        if let Err(e) = self.keys.store.save_state() {
-            tracing::warn!(error = %e, "device state not saved");
-        }
     }
 }
