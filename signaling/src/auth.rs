@@ -285,14 +285,30 @@ pub struct ThrottlePolicy {
 
 impl Default for Throttle {
     fn default() -> Self {
-        Throttle {
-            entries: HashMap::new(),
-            max_entries: 100_000,
-        }
+        Throttle::with_capacity(100_000)
     }
 }
 
 impl Throttle {
+    /// A table that keeps at most `max_entries` keys; beyond that the least recently
+    /// used ones are forgotten (see [`Throttle::handle_attempt`]).
+    pub fn with_capacity(max_entries: usize) -> Self {
+        Throttle {
+            entries: HashMap::new(),
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// `Err(retry_after_s)` while the key must wait.
     pub fn check(&self, key: &str, now: Timestamp) -> Result<(), i64> {
         match self.entries.get(key) {
@@ -301,13 +317,48 @@ impl Throttle {
         }
     }
 
+    /// An attempt on `keys`, counted before the password is verified: `Err(retry_after_s)`
+    /// if any key must still wait (nothing is counted then), otherwise each key is
+    /// charged one failure at once, in the same step as the check. So parallel
+    /// guesses cannot all pass the check before the first one is counted: with
+    /// `free` failures allowed, at most `free + 1` verifications start before the
+    /// delay applies (the last of them starts it). An attempt that turns out not to be a failure gives its charge back
+    /// ([`Throttle::refund`], [`Throttle::handle_success`]).
+    pub fn handle_attempt(
+        &mut self,
+        keys: &[(String, ThrottlePolicy)],
+        now: Timestamp,
+    ) -> Result<(), i64> {
+        if let Some(wait) = keys
+            .iter()
+            .filter_map(|(k, _)| self.check(k, now).err())
+            .max()
+        {
+            return Err(wait);
+        }
+        for (k, p) in keys {
+            self.handle_failure(k, *p, now);
+        }
+        Ok(())
+    }
+
+    /// Gives back the charge of one attempt that was not a failure (a correct password
+    /// still waiting for its second factor, a success on a shared address).
+    pub fn refund(&mut self, key: &str, policy: ThrottlePolicy) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        e.failures = e.failures.saturating_sub(1);
+        if e.failures == 0 {
+            self.entries.remove(key);
+        } else {
+            e.next_allowed = e.last.plus_secs(policy.delay_s(e.failures));
+        }
+    }
+
     pub fn handle_failure(&mut self, key: &str, policy: ThrottlePolicy, now: Timestamp) {
-        if self.entries.len() >= self.max_entries {
-            // Forget entries idle for an hour; failing that, start over rather than grow.
-            self.entries.retain(|_, e| now.0 - e.last.0 < 3_600_000);
-            if self.entries.len() >= self.max_entries {
-                self.entries.clear();
-            }
+        if !self.entries.contains_key(key) && self.entries.len() >= self.max_entries {
+            self.evict(now);
         }
         let e = self
             .entries
@@ -319,17 +370,65 @@ impl Throttle {
             });
         e.failures = e.failures.saturating_add(1);
         e.last = now;
-        let over = e.failures.saturating_sub(policy.free);
-        let delay = if over == 0 {
-            0
-        } else {
-            (1i64 << over.min(20)).min(policy.cap_s)
-        };
-        e.next_allowed = now.plus_secs(delay);
+        e.next_allowed = now.plus_secs(policy.delay_s(e.failures));
+    }
+
+    /// Makes room for new keys: forgets keys idle for an hour and out of their delay,
+    /// then, if still full, the least recently used tenth (an entry still serving a
+    /// delay counts as used until the delay ends). A flood of fresh usernames
+    /// therefore pushes out other stale keys, never the one under attack, and never
+    /// the whole table.
+    fn evict(&mut self, now: Timestamp) {
+        self.entries
+            .retain(|_, e| now.0 - e.last.0 < 3_600_000 || now < e.next_allowed);
+        if self.entries.len() < self.max_entries {
+            return;
+        }
+        let mut recency: Vec<i64> = self
+            .entries
+            .values()
+            .map(|e| e.last.0.max(e.next_allowed.0))
+            .collect();
+        let cut = (self.max_entries / 10).max(1).min(recency.len() - 1);
+        let (_, nth, _) = recency.select_nth_unstable(cut);
+        let threshold = *nth;
+        let mut to_drop = cut;
+        self.entries.retain(|_, e| {
+            if to_drop > 0 && e.last.0.max(e.next_allowed.0) < threshold {
+                to_drop -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        // Ties at the threshold: drop among them until enough room is made.
+        if self.entries.len() >= self.max_entries {
+            let mut over = self.entries.len() + 1 - self.max_entries;
+            self.entries.retain(|_, e| {
+                if over > 0 && e.last.0.max(e.next_allowed.0) <= threshold {
+                    over -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 
     pub fn handle_success(&mut self, key: &str) {
         self.entries.remove(key);
+    }
+}
+
+impl ThrottlePolicy {
+    /// Delay after `failures` failures: none for the free ones, then 2^n s up to the cap.
+    fn delay_s(self, failures: u32) -> i64 {
+        let over = failures.saturating_sub(self.free);
+        if over == 0 {
+            0
+        } else {
+            (1i64 << over.min(20)).min(self.cap_s)
+        }
     }
 }
 
@@ -436,5 +535,73 @@ mod tests {
         assert_eq!(th.check("k", t.plus_secs(8)), Ok(()), "never a hard lock");
         th.handle_success("k");
         assert_eq!(th.check("k", t), Ok(()));
+    }
+
+    /// 100 guesses arriving together: the check and the count are one step, so no
+    /// more attempts go on to verification than the policy lets through.
+    #[test]
+    fn attempts_are_counted_before_verifying() {
+        let mut th = Throttle::default();
+        let keys = [
+            (
+                "ua:x|1".to_string(),
+                ThrottlePolicy {
+                    free: 3,
+                    cap_s: 300,
+                },
+            ),
+            (
+                "u:x".to_string(),
+                ThrottlePolicy {
+                    free: 10,
+                    cap_s: 30,
+                },
+            ),
+        ];
+        let t = Timestamp::from_secs(100);
+        let passed = (0..100)
+            .filter(|_| th.handle_attempt(&keys, t).is_ok())
+            .count();
+        // Three free failures, and the fourth attempt is the one that starts the delay.
+        assert_eq!(passed, 4);
+        // A refunded attempt (correct password awaiting its second factor) costs nothing.
+        let mut th = Throttle::default();
+        th.handle_attempt(&keys, t).unwrap();
+        th.refund(&keys[0].0, keys[0].1);
+        th.refund(&keys[1].0, keys[1].1);
+        assert!(th.is_empty());
+    }
+
+    /// Filling the table with fresh keys evicts the least recently used ones only: the
+    /// key under attack and its delay survive, and the table never grows past its
+    /// bound nor is it cleared whole.
+    #[test]
+    fn a_full_table_evicts_least_recently_used_keys_only() {
+        let p = ThrottlePolicy {
+            free: 0,
+            cap_s: 300,
+        };
+        let mut th = Throttle::with_capacity(1000);
+        let t0 = Timestamp::from_secs(1_000);
+        for i in 0..10_000 {
+            let t = t0.plus_secs(1 + i / 100);
+            th.handle_failure(&format!("u:fresh-{i}"), p, t);
+            if i % 100 == 0 {
+                // The account under attack keeps being guessed at.
+                th.handle_failure("u:victim", p, t);
+            }
+            assert!(th.len() <= 1000);
+        }
+        assert!(th.len() > 800, "cleared instead of evicted: {}", th.len());
+        // 100 failures counted without a reset: the delay is at its cap.
+        let t = t0.plus_secs(100);
+        assert_eq!(
+            th.check("u:victim", t),
+            Err(300),
+            "the victim's count was lost"
+        );
+        // The most recent fresh keys are still there, the oldest are gone.
+        assert!(th.check("u:fresh-9999", t).is_err());
+        assert_eq!(th.check("u:fresh-0", t), Ok(()));
     }
 }

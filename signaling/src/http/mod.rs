@@ -5,6 +5,7 @@
 //! [`run_media`] once to drive the media plane.
 
 mod directory;
+mod gate;
 mod rest;
 mod ws;
 
@@ -40,6 +41,7 @@ use crate::settings::Settings;
 use crate::store::{AccountRecord, Store, StoreError};
 
 pub use directory::CheckpointSigner;
+pub use gate::{Admission, HashGate, Occupied, SHED_RETRY_AFTER_S};
 pub use ws::Outbound;
 
 /// Wall clock in milliseconds; the only place the edge reads time.
@@ -63,6 +65,8 @@ pub struct Inner {
     pub static_dir: Option<PathBuf>,
     hub: Hub,
     throttle: Mutex<Throttle>,
+    /// Bounds concurrent password verification (CPU and memory); sheds the excess.
+    pub hash_gate: HashGate,
     /// Requests per second per source address on the credential endpoints.
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     media_cmds: mpsc::Sender<MediaCmd>,
@@ -124,6 +128,7 @@ impl AppState {
                 next_media_room: AtomicU64::new(1),
             },
             throttle: Mutex::new(Throttle::default()),
+            hash_gate: HashGate::for_this_machine(),
             ip_limiter: RateLimiter::keyed(per_ip),
             media_cmds: tx,
             media_cmd_rx: Mutex::new(Some(rx)),

@@ -63,10 +63,21 @@ pub struct LoginResp {
     enrollment_token: Option<String>,
 }
 
-async fn verify_pw_blocking(phc: String, password: String) -> bool {
-    tokio::task::spawn_blocking(move || verify_password(&phc, &password))
+/// Verifies a password under the hashing gate (at most one verification per core
+/// runs; see `gate.rs`); `Err` when the gate is full and the request must be shed.
+async fn verify_pw_gated(
+    state: &AppState,
+    phc: String,
+    password: String,
+) -> Result<bool, ApiError> {
+    let admission = state
+        .hash_gate
+        .try_admit()
+        .ok_or(ApiError::TooManyRequests(super::gate::SHED_RETRY_AFTER_S))?;
+    Ok(admission
+        .run(move || verify_password(&phc, &password))
         .await
-        .unwrap_or(false)
+        .unwrap_or(false))
 }
 
 async fn issue_session(
@@ -134,19 +145,47 @@ pub async fn login(
         .unwrap_or_else(|| "anonymous".into());
     let role = account.as_ref().map(|a| a.role);
 
+    let throttled = |retry: i64, detail: &'static str| {
+        let mut e = ctx
+            .event(actor.clone(), AuditAction::LoginThrottled, Outcome::Denied)
+            .detail(detail);
+        e.role = role;
+        (e, ApiError::TooManyRequests(retry))
+    };
     let rate_ok = ctx
         .ip
         .is_none_or(|ip| state.ip_limiter.check_key(&ip).is_ok());
-    let wait = {
-        let th = state.throttle.lock();
-        keys.iter().filter_map(|(k, _)| th.check(k, t).err()).max()
-    };
-    if !rate_ok || wait.is_some() {
-        let mut e = ctx.event(actor, AuditAction::LoginThrottled, Outcome::Denied);
-        e.role = role;
+    if !rate_ok {
+        let (e, refusal) = throttled(1, "rate");
         state.audit(e).await?;
-        return Err(ApiError::TooManyRequests(wait.unwrap_or(1)));
+        return Err(refusal);
     }
+    // A place in the hashing gate first: a shed login costs no throttle charge.
+    let Some(admission) = state.hash_gate.try_admit() else {
+        let (e, refusal) = throttled(super::gate::SHED_RETRY_AFTER_S, "overloaded");
+        state.audit(e).await?;
+        return Err(refusal);
+    };
+    // The attempt is counted before the password is verified, in the same step as the
+    // check, so parallel guesses cannot all pass the check first.
+    let attempt = state.throttle.lock().handle_attempt(&keys, t);
+    if let Err(wait) = attempt {
+        let (e, refusal) = throttled(wait, "throttle");
+        state.audit(e).await?;
+        return Err(refusal);
+    }
+    // Gives the attempt's charge back when it was not a failure.
+    let refund = |state: &AppState, success: bool| {
+        let mut th = state.throttle.lock();
+        for (i, (k, p)) in keys.iter().enumerate() {
+            // A success clears the account's keys; the address only gets its charge back.
+            if success && i != 1 {
+                th.handle_success(k);
+            } else {
+                th.refund(k, *p);
+            }
+        }
+    };
 
     let fail = |detail: &'static str, action: AuditAction| {
         let mut e = ctx
@@ -155,20 +194,17 @@ pub async fn login(
         e.role = role;
         e
     };
-    let record_failure = |state: &AppState| {
-        let mut th = state.throttle.lock();
-        for (k, p) in &keys {
-            th.handle_failure(k, *p, t);
-        }
-    };
 
     let phc = account
         .as_ref()
         .map(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_string());
-    let pw_ok = verify_pw_blocking(phc, req.password).await;
+    let password = req.password;
+    let pw_ok = admission
+        .run(move || verify_password(&phc, &password))
+        .await
+        .unwrap_or(false);
     let Some(account) = account.filter(|a| pw_ok && !a.disabled) else {
-        record_failure(&state);
         state
             .audit(fail("bad_credentials", AuditAction::LoginFailed))
             .await?;
@@ -176,6 +212,7 @@ pub async fn login(
     };
 
     if account.role.requires_mfa() && !account.totp_enabled {
+        refund(&state, true);
         let (token, s) = issue_session(
             &state,
             Principal::Account(account.id),
@@ -230,10 +267,13 @@ pub async fn login(
                 }
                 used
             }
-            (None, None) => return Err(ApiError::MfaRequired),
+            (None, None) => {
+                // The password was right; the code comes in the next request.
+                refund(&state, false);
+                return Err(ApiError::MfaRequired);
+            }
         };
         if !ok {
-            record_failure(&state);
             state
                 .audit(fail("bad_second_factor", AuditAction::MfaFailed))
                 .await?;
@@ -241,13 +281,7 @@ pub async fn login(
         }
     }
 
-    {
-        let mut th = state.throttle.lock();
-        for (k, _) in &keys[..1] {
-            th.handle_success(k);
-        }
-        th.handle_success(&keys[2].0);
-    }
+    refund(&state, true);
     let (token, s) = issue_session(
         &state,
         Principal::Account(account.id),
@@ -1178,7 +1212,7 @@ pub async fn break_glass(
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let t = now();
-    let pw_ok = verify_pw_blocking(account.password_hash.clone(), req.password).await;
+    let pw_ok = verify_pw_gated(&state, account.password_hash.clone(), req.password).await?;
     let code_ok = pw_ok && verify_totp(&state, &account, &req.totp, t).await?;
     if !code_ok {
         state.audit(refuse("reauthentication_failed")).await?;
