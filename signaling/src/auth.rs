@@ -379,8 +379,7 @@ impl Throttle {
     /// therefore pushes out other stale keys, never the one under attack, and never
     /// the whole table.
     fn evict(&mut self, now: Timestamp) {
-        self.entries
-            .retain(|_, e| now.0 - e.last.0 < 3_600_000 || now < e.next_allowed);
+        self.prune(now);
         if self.entries.len() < self.max_entries {
             return;
         }
@@ -417,6 +416,13 @@ impl Throttle {
 
     pub fn handle_success(&mut self, key: &str) {
         self.entries.remove(key);
+    }
+
+    /// Forgets keys idle for an hour whose delay is over (the server does this every
+    /// minute, and whenever the table is full).
+    pub fn prune(&mut self, now: Timestamp) {
+        self.entries
+            .retain(|_, e| now.0 - e.last.0 < 3_600_000 || now < e.next_allowed);
     }
 }
 
@@ -603,5 +609,24 @@ mod tests {
         // The most recent fresh keys are still there, the oldest are gone.
         assert!(th.check("u:fresh-9999", t).is_err());
         assert_eq!(th.check("u:fresh-0", t), Ok(()));
+    }
+
+    #[test]
+    fn prune_forgets_idle_keys_but_not_running_delays() {
+        let mut th = Throttle::default();
+        let p = ThrottlePolicy {
+            free: 0,
+            cap_s: 300,
+        };
+        let t0 = Timestamp::from_secs(10_000);
+        th.handle_failure("idle", p, t0);
+        for _ in 0..20 {
+            th.handle_failure("delayed", p, t0.plus_secs(3_500));
+        }
+        th.prune(t0.plus_secs(3_601));
+        assert_eq!(th.len(), 1);
+        assert!(th.check("delayed", t0.plus_secs(3_601)).is_err());
+        th.prune(t0.plus_secs(3_500 + 3_601));
+        assert!(th.is_empty());
     }
 }

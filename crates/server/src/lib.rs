@@ -195,6 +195,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     state.set_checkpoint_signer(Arc::new(signer));
     tokio::spawn(run_media(state.clone(), events));
+    tokio::spawn(confide_signaling::http::run_housekeeping(state.clone()));
 
     let demo = if cfg.demo {
         Some(

@@ -6,11 +6,11 @@
 
 mod directory;
 mod gate;
+mod limiter;
 mod rest;
 mod ws;
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,7 +23,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use dashmap::DashMap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 use rand::RngCore;
 use serde::Serialize;
@@ -42,6 +41,7 @@ use crate::store::{AccountRecord, Store, StoreError};
 
 pub use directory::CheckpointSigner;
 pub use gate::{Admission, HashGate, Occupied, SHED_RETRY_AFTER_S};
+pub use limiter::{AddrKey, AddrLimiter};
 pub use ws::Outbound;
 
 /// Wall clock in milliseconds; the only place the edge reads time.
@@ -67,8 +67,9 @@ pub struct Inner {
     throttle: Mutex<Throttle>,
     /// Bounds concurrent password verification (CPU and memory); sheds the excess.
     pub hash_gate: HashGate,
-    /// Requests per second per source address on the credential endpoints.
-    ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Requests per second per source address (IPv6: per /64) on the credential
+    /// endpoints; pruned by [`run_housekeeping`].
+    pub ip_limiter: AddrLimiter,
     media_cmds: mpsc::Sender<MediaCmd>,
     media_cmd_rx: Mutex<Option<mpsc::Receiver<MediaCmd>>>,
     /// The audit log's checkpoint signer, which the key directory nudges so that a
@@ -113,8 +114,6 @@ impl AppState {
         static_dir: Option<PathBuf>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        let per_ip = Quota::per_second(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN));
         AppState(Arc::new(Inner {
             store,
             keyring,
@@ -129,7 +128,7 @@ impl AppState {
             },
             throttle: Mutex::new(Throttle::default()),
             hash_gate: HashGate::for_this_machine(),
-            ip_limiter: RateLimiter::keyed(per_ip),
+            ip_limiter: AddrLimiter::new(10, 30),
             media_cmds: tx,
             media_cmd_rx: Mutex::new(Some(rx)),
             signer: OnceLock::new(),
@@ -181,6 +180,20 @@ impl AppState {
                 false
             }
         }
+    }
+
+    /// Forgets limiter and throttle state that no longer limits anything: addresses
+    /// whose bucket has refilled, throttle keys idle for an hour and out of their delay.
+    /// [`run_housekeeping`] calls it every minute, so neither grows with the number
+    /// of addresses or usernames ever seen.
+    pub fn prune_limiters(&self, now: Timestamp) {
+        self.ip_limiter.prune();
+        self.throttle.lock().prune(now);
+    }
+
+    /// Keys held by the login throttle (tests, metrics).
+    pub fn throttle_len(&self) -> usize {
+        self.throttle.lock().len()
     }
 
     pub(crate) fn queue_media(&self, cmd: MediaCmd) {
@@ -318,6 +331,20 @@ pub async fn run_media(state: AppState, mut events: mpsc::Receiver<MediaEvent>) 
                 ws::route_media_event(&state, ev);
             }
         }
+    }
+}
+
+/// How often [`run_housekeeping`] prunes the limiters.
+pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Periodic upkeep of the in-memory limiters ([`AppState::prune_limiters`]). Run once
+/// per state, for the life of the server.
+pub async fn run_housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.prune_limiters(now());
     }
 }
 

@@ -119,7 +119,12 @@ async fn audit_grant(state: &AppState, s: &Session, e: crate::audit::AuditEvent)
 }
 
 fn throttle_keys(username: &str, ctx: &Ctx) -> [(String, ThrottlePolicy); 3] {
-    let ip = ctx.source().unwrap_or_else(|| "-".into());
+    // IPv6 by /64, as the per-address rate limit: rotating inside one's own /64
+    // gives no fresh throttle.
+    let ip = ctx
+        .ip
+        .map(|ip| super::AddrKey::of(ip).to_string())
+        .unwrap_or_else(|| "-".into());
     let user = username.to_ascii_lowercase();
     [
         (format!("ua:{user}|{ip}"), POLICY_ACCOUNT_ADDR),
@@ -152,9 +157,7 @@ pub async fn login(
         e.role = role;
         (e, ApiError::TooManyRequests(retry))
     };
-    let rate_ok = ctx
-        .ip
-        .is_none_or(|ip| state.ip_limiter.check_key(&ip).is_ok());
+    let rate_ok = ctx.ip.is_none_or(|ip| state.ip_limiter.check(ip));
     if !rate_ok {
         let (e, refusal) = throttled(1, "rate");
         state.audit(e).await?;
@@ -785,10 +788,7 @@ pub async fn redeem_invite(
     ctx: Ctx,
     Json(req): Json<RedeemReq>,
 ) -> ApiResult<Json<RedeemResp>> {
-    if ctx
-        .ip
-        .is_some_and(|ip| state.ip_limiter.check_key(&ip).is_err())
-    {
+    if ctx.ip.is_some_and(|ip| !state.ip_limiter.check(ip)) {
         return Err(ApiError::TooManyRequests(1));
     }
     let t = now();
