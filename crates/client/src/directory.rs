@@ -75,6 +75,13 @@ impl<'a> KeyDirectory<'a> {
         Ok(())
     }
 
+    /// Revokes one of our devices (logged as a revocation: it is never served again).
+    pub async fn revoke(&self, device: &DeviceId) -> Result<(), SignalingError> {
+        self.call(Method::DELETE, &format!("/api/devices/{device}"), None)
+            .await?;
+        Ok(())
+    }
+
     /// How many KeyPackages of ours the directory still holds.
     pub async fn key_packages(&self, device: &DeviceId) -> Result<KeyPackageCount, SignalingError> {
         let v = self

@@ -55,6 +55,11 @@ fn transport(e: impl std::fmt::Display) -> SignalingError {
     SignalingError::Transport(e.to_string())
 }
 
+/// How many times [`Endpoint::login`] comes back after a `429` with `Retry-After`.
+const LOGIN_RETRIES: u32 = 5;
+/// Longest `Retry-After` it waits for; a longer one is returned as the error.
+const MAX_LOGIN_WAIT_S: u64 = 10;
+
 /// Where the server is and how to trust it.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -139,6 +144,20 @@ impl Endpoint {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value, SignalingError> {
+        self.request_with_retry_after(method, path, token, body)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Endpoint::request`], with the `Retry-After` seconds of a refusal.
+    async fn request_with_retry_after(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, (SignalingError, Option<u64>)> {
+        let transport = |e| (transport(e), None);
         let mut r = self.http.request(method, self.url(path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -148,6 +167,11 @@ impl Endpoint {
         }
         let resp = r.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let text = resp.text().await.map_err(transport)?;
         let v: Value = if text.is_empty() {
             Value::Null
@@ -159,13 +183,15 @@ impl Endpoint {
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{v:.64}"));
-            return Err(SignalingError::Refused { status, code });
+            return Err((SignalingError::Refused { status, code }, retry_after));
         }
         Ok(v)
     }
 
     /// `POST /api/login` with the password and, when the account has one, a TOTP code
     /// computed from `totp_secret_b32` for the current time. Returns the session token.
+    /// A `429` with `Retry-After` (the server sheds logins beyond what it can hash at
+    /// once) is waited out and retried a few times.
     pub async fn login(
         &self,
         username: &str,
@@ -173,12 +199,27 @@ impl Endpoint {
         totp_secret_b32: Option<&str>,
     ) -> Result<String, SignalingError> {
         let mut body = json!({"username": username, "password": password});
-        if let Some(s) = totp_secret_b32 {
-            body["totp"] = json!(totp_now(s)?);
-        }
-        let v = self
-            .request(reqwest::Method::POST, "/api/login", None, Some(&body))
-            .await?;
+        let mut attempts = 0;
+        let v = loop {
+            if let Some(s) = totp_secret_b32 {
+                body["totp"] = json!(totp_now(s)?);
+            }
+            match self
+                .request_with_retry_after(reqwest::Method::POST, "/api/login", None, Some(&body))
+                .await
+            {
+                Ok(v) => break v,
+                // The server is busy hashing passwords (or throttling): it says when to
+                // come back. A shed login was never checked, so its code is unused.
+                Err((SignalingError::Refused { status: 429, .. }, Some(wait)))
+                    if attempts < LOGIN_RETRIES =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_secs(wait.clamp(1, MAX_LOGIN_WAIT_S))).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        };
         v["token"]
             .as_str()
             .map(str::to_string)

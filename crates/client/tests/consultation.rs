@@ -10,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use confide_client::signaling::Method;
 use confide_client::{Happening, Participant};
 use confide_server::confide_signaling::model::Role;
 
@@ -132,7 +133,8 @@ async fn two_party_flow(bwe: bool) {
 /// an Add commit: every member moves to a new epoch and the guest gets only that
 /// epoch's key. When the guest leaves, the doctor's device commits its Remove: doctor
 /// and patient move on to an epoch the guest never had and go on opening each other's
-/// frames. The browser follows the same steps (`docs/keys.md`).
+/// frames. The browser follows the same steps (`docs/keys.md`). At the end the doctor's
+/// temporary device is revoked in the directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_party_guest_joins_and_leaves_keys_follow_the_group() {
     let (_dir, server, ep) = demo_server(true).await;
@@ -228,7 +230,27 @@ async fn three_party_guest_joins_and_leaves_keys_follow_the_group() {
     assert_eq!(patient.roster().len(), 2);
     let stats = media.stats(false).await.unwrap();
     assert_eq!(stats.open_failures, 0);
+    let device = doctor.device().clone();
     let ended = tokio::spawn(patient.wait_ended(Duration::from_secs(20)));
     doctor.end().await.unwrap();
     ended.await.unwrap().unwrap();
+
+    // A temporary device is revoked when its consultation is over: the directory
+    // still lists it, as revoked, and would never hand it out again.
+    let answer = ep
+        .request(
+            Method::GET,
+            &format!("/api/directory/{}", device.principal),
+            Some(&doctor_token),
+            None,
+        )
+        .await
+        .unwrap();
+    let listed = answer["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == device.device.to_string())
+        .unwrap();
+    assert_eq!(listed["status"], "revoked", "{listed}");
 }

@@ -24,6 +24,7 @@ use confide_signaling::model::{AppointmentId, DeviceId as WireDeviceId, Role};
 use confide_signaling::proto::{ClientMsg, ParticipantInfo, ServerMsg};
 
 use crate::device::{KeyConfig, StoreError};
+use crate::directory::KeyDirectory;
 use crate::driver::{DriverError, MediaLoop, SlotId, SlotSpec, Traffic};
 use crate::signaling::{Endpoint, Signaling, SignalingError};
 
@@ -511,14 +512,14 @@ impl Participant {
                 matches!(m, ServerMsg::Ended { .. }).then_some(())
             })
             .await;
-        self.finish();
+        self.finish().await;
         Ok(())
     }
 
     /// Leaves (the connection closes).
     pub async fn leave(mut self) {
         let _ = self.sig.send(&ClientMsg::Leave).await;
-        self.finish();
+        self.finish().await;
         self.sig.close().await;
     }
 
@@ -530,7 +531,7 @@ impl Participant {
             match self.step(left).await {
                 Err(ConsultationError::Ended)
                 | Err(ConsultationError::Signaling(SignalingError::Closed)) => {
-                    self.finish();
+                    self.finish().await;
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -543,8 +544,9 @@ impl Participant {
     }
 
     /// The consultation is over for us: media stops, the group's secrets are deleted
-    /// from the device state.
-    fn finish(&mut self) {
+    /// from the device state, and a temporary device is revoked (it is never used
+    /// again, so it must not stay listed, and served, in the directory).
+    async fn finish(&mut self) {
         if let Some(slot) = self.slot.take() {
             self.media.remove(slot);
         }
@@ -556,6 +558,15 @@ impl Participant {
         }
         if let Err(e) = self.keys.store.save_state() {
             tracing::warn!(error = %e, "device state not saved");
+        }
+        if !self.keys.store.is_persistent() {
+            let device = self.keys.store.name().device;
+            if let Err(e) = KeyDirectory::new(&self.ep, &self.token)
+                .revoke(&device)
+                .await
+            {
+                tracing::warn!(error = %e, "temporary device not revoked");
+            }
         }
     }
 }
