@@ -139,6 +139,8 @@ struct LogFile {
 /// directory.
 pub struct DeviceStore {
     dir: Option<PathBuf>,
+    /// Made by this `open` (not loaded).
+    new: bool,
     device: Device,
     pins: PinStore,
     log: LogFile,
@@ -194,6 +196,7 @@ impl DeviceStore {
         let Some(root) = state_dir else {
             return Ok(DeviceStore {
                 dir: None,
+                new: true,
                 device: Device::generate(principal)?,
                 pins: PinStore::new(),
                 log: LogFile::default(),
@@ -216,6 +219,7 @@ impl DeviceStore {
             Some(b) => serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt(LOG_FILE))?,
             None => LogFile::default(),
         };
+        let new;
         let device = match read_optional(&dir, DEVICE_FILE)? {
             Some(b) => {
                 let f: DeviceFile =
@@ -230,6 +234,7 @@ impl DeviceStore {
                         .map_err(|_| StoreError::Corrupt(DEVICE_FILE))?,
                 );
                 let state = read_optional(&dir, STATE_FILE)?.unwrap_or_default();
+                new = false;
                 Device::restore(principal, id, &secret, &state)?
             }
             None => {
@@ -246,11 +251,13 @@ impl DeviceStore {
                 );
                 write_private(&dir, DEVICE_FILE, &text)?;
                 write_private(&dir, STATE_FILE, &device.export_state())?;
+                new = true;
                 device
             }
         };
         Ok(DeviceStore {
             dir: Some(dir),
+            new,
             device,
             pins,
             log,
@@ -265,6 +272,12 @@ impl DeviceStore {
     /// Who this device is.
     pub fn name(&self) -> &DeviceName {
         self.device.name()
+    }
+
+    /// `true` when the device was made by this `open` (temporary, or first use of the
+    /// state directory for this principal).
+    pub fn is_new(&self) -> bool {
+        self.new
     }
 
     /// `true` when the device lives in a state directory.
@@ -332,6 +345,7 @@ mod tests {
     fn a_device_in_a_directory_survives_a_restart_with_private_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = DeviceStore::open(Some(dir.path()), principal()).unwrap();
+        assert!(a.is_new());
         let name = a.name().clone();
         let key = a.device().signature_key();
         let kp = a.device().last_resort_key_package().unwrap();
@@ -345,6 +359,7 @@ mod tests {
         drop(a);
 
         let b = DeviceStore::open(Some(dir.path()), principal()).unwrap();
+        assert!(!b.is_new());
         assert_eq!(b.name(), &name);
         assert_eq!(b.device().signature_key(), key);
         assert!(b.pins().is_verified(&peer, &[9; 32]));

@@ -153,25 +153,41 @@ pub(super) async fn open_device(
     let dir = KeyDirectory::new(endpoint, token);
     let principal = dir.me().await?;
     let mut store = DeviceStore::open(config.state_dir.as_deref(), principal)?;
-    dir.register(store.device()).await?;
     let device_id = store.name().device;
-    let count = dir.key_packages(&device_id).await?;
-    if count.available < MIN_KEY_PACKAGES || !count.last_resort {
-        let one_time = store.device().key_packages(KEY_PACKAGE_BATCH)?;
+    // The log key does not depend on the registration: both requests at once.
+    let pinned = store.log_key().map(str::to_string);
+    let (registered, log_key) = tokio::join!(dir.register(store.device()), async {
+        match &pinned {
+            Some(k) => Ok(k.clone()),
+            None => dir.log_key().await,
+        }
+    });
+    registered?;
+    let log_key = log_key?;
+    if pinned.is_none() {
+        store.save_log(&log_key, String::new())?;
+    }
+    // A device made just now has nothing on the directory yet: no need to ask.
+    let count = if store.is_new() {
+        None
+    } else {
+        Some(dir.key_packages(&device_id).await?)
+    };
+    if count.is_none_or(|c| c.available < MIN_KEY_PACKAGES || !c.last_resort) {
+        // A temporary device lives for one consultation: one KeyPackage (and the
+        // last-resort one, should a forged claim waste it) is all it can use.
+        let batch = if store.is_persistent() {
+            KEY_PACKAGE_BATCH
+        } else {
+            1
+        };
+        let one_time = store.device().key_packages(batch)?;
         let last_resort = store.device().last_resort_key_package()?;
         // Saved before upload: a Welcome for one of them must find its private key.
         store.save_state()?;
         dir.upload_key_packages(&device_id, &one_time, Some(&last_resort))
             .await?;
     }
-    let log_key = match store.log_key() {
-        Some(k) => k.to_string(),
-        None => {
-            let k = dir.log_key().await?;
-            store.save_log(&k, String::new())?;
-            k
-        }
-    };
     let log = LogView::new(&log_key, Some(store.log_head()))?;
     Ok((store, log_key, log))
 }
