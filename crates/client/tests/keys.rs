@@ -695,3 +695,94 @@ async fn a_verified_pair_stays_verified_in_the_next_consultation() {
     }
     assert_eq!(codes[0], codes[1], "same devices, same code");
 }
+
+/// Drops `participant_left` frames on their way to the client while armed: the doctor's
+/// device never hears that the patient's connection dropped.
+struct HideLeaves {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Tamper for HideLeaves {
+    fn to_client(&self, frame: String) -> Vec<String> {
+        if self.armed.load(std::sync::atomic::Ordering::Relaxed)
+            && frame.contains("\"participant_left\"")
+        {
+            return Vec::new();
+        }
+        vec![frame]
+    }
+}
+
+/// The patient's connection drops and it comes back with the same device within the
+/// server's rejoin grace (admitted again without the doctor). The doctor's device never
+/// heard of the drop, so the patient's old leaf is still in the group: it removes that
+/// leaf, adds the device again, and the patient (a new participant id, a new Welcome)
+/// opens the doctor's frames again. The group never holds the device twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_who_comes_back_is_added_again_and_its_old_leaf_removed() {
+    let (_dir, server, ep) = demo_server(true).await;
+    let appt = server.demo.as_ref().unwrap().appointment_id.0;
+    let hide = Arc::new(HideLeaves {
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let dp = Proxy::start(server.addr, &server.cert_der, hide.clone()).await;
+    let dep = dp.endpoint();
+    let dt = login(&dep, &server, Role::Doctor).await;
+    let pt = login(&ep, &server, Role::Patient).await;
+    let state = tempfile::tempdir().unwrap();
+    let media = media("rejoin-media");
+    let (doctor, patient) = two_party(
+        Side::new(&dep, &dt),
+        Side::in_dir(&ep, &pt, state.path()),
+        appt,
+        &media,
+    )
+    .await;
+    let (parts, _) = keyed(vec![doctor, patient], &media).await;
+    let [mut doctor, patient]: [Participant; 2] = parts.try_into().ok().unwrap();
+    let (old_id, device) = (patient.you(), patient.device().clone());
+
+    // The connection drops (no `leave`): the server keeps the patient's place.
+    hide.armed.store(true, std::sync::atomic::Ordering::Relaxed);
+    let old_slot = patient.slot().unwrap();
+    drop(patient);
+    media.remove(old_slot);
+    let _ = doctor.run_until(Duration::from_secs(1), |_| false).await;
+    assert_eq!(doctor.roster().len(), 2, "the doctor saw no leave");
+
+    let mut patient = Participant::join_with_keys(
+        &ep,
+        &pt,
+        appt,
+        media.clone(),
+        KeyConfig::in_dir(state.path()),
+    )
+    .await
+    .unwrap();
+    assert_ne!(patient.you(), old_id);
+    assert_eq!(patient.device(), &device, "the same device came back");
+    patient.wait_admitted().await.unwrap();
+    patient.start_media(light_traffic(100_000)).await.unwrap();
+    let ps = patient.slot().unwrap();
+    let ds = doctor.slot().unwrap();
+    let (parts, _) = serve_all(
+        vec![doctor, patient],
+        until_status(media.clone(), vec![ds, ps], "keyed again", |s| {
+            s[1].keyed_peers == 1 && s[1].frames_opened > 5 && s[0].keyed_peers == 1
+        }),
+    )
+    .await;
+    let [doctor, patient]: [Participant; 2] = parts.try_into().ok().unwrap();
+    let roster = doctor.roster();
+    assert_eq!(roster.len(), 2, "{roster:?}");
+    assert_eq!(roster.iter().filter(|m| m.name == device).count(), 1);
+    // Remove, then Add: two epochs after the first.
+    assert_eq!(doctor.epoch(), Some(3));
+    assert_eq!(patient.epoch(), Some(3));
+    assert!(doctor.warnings().is_empty(), "{:?}", doctor.warnings());
+    hide.armed
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let ended = tokio::spawn(patient.wait_ended(Duration::from_secs(20)));
+    doctor.end().await.unwrap();
+    ended.await.unwrap().unwrap();
+}

@@ -123,6 +123,8 @@ pub(super) struct Keys {
     pub(super) held: Vec<Held>,
     /// Doctor: admitted participants not in the group yet.
     pub(super) to_add: BTreeSet<u64>,
+    /// Doctor: participants our accepted commits added (and so admitted).
+    pub(super) added: BTreeSet<u64>,
     /// (group id, epoch) the media slot holds.
     pub(super) installed: Option<(Vec<u8>, u64)>,
     /// Sending is held back (a member added by the doctor failed our check).
@@ -211,6 +213,7 @@ impl Keys {
             held_group: None,
             held: Vec::new(),
             to_add: BTreeSet::new(),
+            added: BTreeSet::new(),
             installed: None,
             holding: false,
             warnings: Vec::new(),
@@ -362,11 +365,6 @@ impl Participant {
         Ok(())
     }
 
-    /// Whether participant `id`'s device is a member of our group.
-    pub(super) fn in_group(&self, id: u64) -> bool {
-        self.member_of(id).is_some()
-    }
-
     fn warn(&mut self, w: KeyWarning, out: &mut Vec<Happening>) {
         // The kind only: the warning names people's devices.
         tracing::warn!(warning = w.kind(), "key layer");
@@ -407,6 +405,32 @@ impl Participant {
         if !self.is_owner() || self.keys.to_add.is_empty() {
             return Ok(out);
         }
+        // Someone who came back with the same device while its old leaf is still in
+        // the group (its leave not seen, or our Remove refused): that leaf goes first,
+        // or the device would be in the group twice.
+        let coming: Vec<DeviceName> = self
+            .keys
+            .to_add
+            .iter()
+            .filter_map(|id| self.people.get(id).and_then(|p| p.name.clone()))
+            .collect();
+        let keys = &mut self.keys;
+        if let Some(group) = keys.group.as_mut() {
+            let own = group.own_leaf();
+            let stale: Vec<u32> = group
+                .roster()
+                .iter()
+                .filter(|m| m.leaf != own && coming.contains(&m.name))
+                .map(|m| m.leaf)
+                .collect();
+            if !stale.is_empty() {
+                let commit = group.remove(keys.store.device(), &stale)?;
+                if !self.send_commit(&commit.commit, None, Vec::new()).await? {
+                    return Ok(out);
+                }
+                out.extend(self.after_epoch().await?);
+            }
+        }
         let mut kps = Vec::new();
         let mut ids = Vec::new();
         for id in std::mem::take(&mut self.keys.to_add) {
@@ -436,6 +460,7 @@ impl Participant {
             self.keys.to_add.extend(ids);
             return Ok(out);
         }
+        self.keys.added.extend(ids);
         self.keys.store.save_state()?;
         out.extend(self.after_epoch().await?);
         Ok(out)

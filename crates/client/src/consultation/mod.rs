@@ -209,19 +209,29 @@ impl Participant {
             device: WireDeviceId::parse(&device_id.to_string()),
         })
         .await?;
-        let (you, admitted, people) = sig
+        // `joined`: the doctor; `waiting`: everyone else; `admitted` at once: someone
+        // whose connection dropped, back within the server's rejoin grace.
+        let (you, doctor, admitted, people) = sig
             .wait_for(STEP, "joined or waiting", |m| match m {
                 ServerMsg::Joined {
                     you, participants, ..
-                } => Some((you.0, true, participants.iter().map(person).collect())),
-                ServerMsg::Waiting { you, .. } => Some((you.0, false, HashMap::new())),
+                } => Some((you.0, true, true, participants.iter().map(person).collect())),
+                ServerMsg::Admitted {
+                    you, participants, ..
+                } => Some((
+                    you.0,
+                    false,
+                    true,
+                    participants.iter().map(person).collect(),
+                )),
+                ServerMsg::Waiting { you, .. } => Some((you.0, false, false, HashMap::new())),
                 _ => None,
             })
             .await?;
         let people: HashMap<u64, Person> = people;
         let mut keys = Keys::new(store, keys.policy, log_key, log, consultation.to_string());
         let peers: BTreeSet<u64> = people.keys().copied().filter(|&p| p != you).collect();
-        if admitted {
+        if doctor {
             // The doctor: a new group for this visit; whoever is already admitted (we
             // rejoined) is added in one commit.
             keys.group = Some(ConsultationGroup::create(
@@ -319,7 +329,7 @@ impl Participant {
                 tried.extend(fresh.iter().copied());
                 self.keys.to_add.extend(fresh.iter().copied());
                 let out = self.add_pending().await?;
-                admitted.extend(fresh.into_iter().filter(|&id| self.in_group(id)));
+                admitted.extend(fresh.into_iter().filter(|id| self.keys.added.contains(id)));
                 self.backlog.extend(out);
             }
             if tried.len() >= n {
@@ -442,7 +452,7 @@ impl Participant {
                     out.push(Happening::PeerJoined(id));
                     // Admitted without our commit (the server's rejoin grace): the
                     // doctor's device adds it after the same checks as any joiner.
-                    if self.is_owner() && !self.in_group(id) {
+                    if self.is_owner() && !self.keys.added.contains(&id) {
                         self.keys.to_add.insert(id);
                         out.extend(self.add_pending().await?);
                     }
@@ -452,6 +462,7 @@ impl Participant {
                 let id = participant.0;
                 self.peers.remove(&id);
                 self.keys.to_add.remove(&id);
+                self.keys.added.remove(&id);
                 self.keys.held.retain(|h| h.participant != id);
                 out.push(Happening::PeerLeft(id));
                 if self.is_owner() {
