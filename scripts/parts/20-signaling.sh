@@ -35,7 +35,7 @@ check() {
 "$bin" demo --json --data-dir "$work/data" > "$work/demo.json"
 check python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["appointment_id"] and all(a["password"] for a in d["accounts"])' "$work/demo.json"
 
-"$bin" serve --demo --data-dir "$work/data" --bind 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.err" &
+"$bin" serve --demo --data-dir "$work/data" --bind 127.0.0.1:0 --media-bind 127.0.0.1 > "$work/serve.out" 2> "$work/serve.err" &
 server_pid=$!
 port=
 for _ in $(seq 1 100); do

@@ -6,6 +6,7 @@
 //! certificate in the data directory, and a master key file beside them.
 
 pub mod audit_cmd;
+pub mod host_addr;
 pub mod media;
 pub mod metrics;
 pub mod tls;

@@ -63,9 +63,11 @@ struct MediaArgs {
         default_value = "sfu"
     )]
     mode: confide_server::media::MediaMode,
-    /// Address the SFU's UDP sockets bind to.
-    #[arg(long, env = "CONFIDE_MEDIA_BIND", default_value = "127.0.0.1")]
-    media_bind: std::net::IpAddr,
+    /// Address the SFU's UDP sockets bind to. Default: the address this host's default
+    /// route leaves from (reachable by every browser on this host, Firefox included, and
+    /// on its network), or 127.0.0.1 on a host without a route.
+    #[arg(long, env = "CONFIDE_MEDIA_BIND")]
+    media_bind: Option<std::net::IpAddr>,
     /// Address browsers reach the SFU at (required when binding 0.0.0.0).
     #[arg(long, env = "CONFIDE_MEDIA_PUBLIC_IP")]
     media_public_ip: Option<std::net::IpAddr>,
@@ -91,7 +93,21 @@ impl MediaArgs {
     fn into_config(self) -> confide_server::media::MediaConfig {
         confide_server::media::MediaConfig {
             mode: self.mode,
-            bind_ip: self.media_bind,
+            bind_ip: self.media_bind.unwrap_or_else(|| {
+                use confide_server::host_addr::MediaAddress;
+                let picked = MediaAddress::detect();
+                match picked {
+                    MediaAddress::DefaultRoute(ip) => tracing::info!(
+                        %ip,
+                        "media: SFU on the default route's address (set --media-bind to choose)"
+                    ),
+                    MediaAddress::LoopbackOnly => tracing::warn!(
+                        "media: no default route, SFU on 127.0.0.1; Firefox gathers no \
+                         loopback candidates and will get no media (set --media-bind)"
+                    ),
+                }
+                picked.ip()
+            }),
             public_ip: self.media_public_ip,
             port: self.media_port,
             workers: self.media_workers,

@@ -67,7 +67,15 @@ async fn rss_stays_bounded_through_a_thousand_concurrent_failed_logins() {
         .port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let child = Command::new(env!("CARGO_BIN_EXE_confide"))
-        .args(["serve", "--demo", "--admin-bind", "off", "--bind"])
+        .args([
+            "serve",
+            "--demo",
+            "--admin-bind",
+            "off",
+            "--media-bind",
+            "127.0.0.1",
+            "--bind",
+        ])
         .arg(addr.to_string())
         .env("CONFIDE_DATA_DIR", dir.path())
         .env_remove("CONFIDE_MASTER_KEY")
