@@ -4,10 +4,17 @@
 //! `ConnectInfo<SocketAddr>` (source addresses are audited) and spawns
 //! [`run_media`] once to drive the media plane.
 
+mod admin;
+mod appointments;
+mod break_glass;
+mod chat;
+mod consent;
 mod directory;
 mod gate;
+mod invites;
 mod limiter;
-mod rest;
+mod login;
+mod totp;
 mod ws;
 
 use std::net::{IpAddr, SocketAddr};
@@ -351,37 +358,37 @@ pub async fn run_housekeeping(state: AppState) {
 /// Build the router: REST under `/api`, `/ws`, `/healthz`, `/readyz`, static `/`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/login", post(rest::login))
-        .route("/logout", post(rest::logout))
-        .route("/me", get(rest::me))
-        .route("/totp/enroll", post(rest::totp_enroll))
-        .route("/totp/confirm", post(rest::totp_confirm))
+        .route("/login", post(login::login))
+        .route("/logout", post(login::logout))
+        .route("/me", get(login::me))
+        .route("/totp/enroll", post(totp::totp_enroll))
+        .route("/totp/confirm", post(totp::totp_confirm))
         .route(
             "/appointments",
-            get(rest::list_appointments).post(rest::book_appointment),
+            get(appointments::list_appointments).post(appointments::book_appointment),
         )
-        .route("/appointments/{id}/invites", post(rest::create_invite))
-        .route("/appointments/{id}/chat", get(rest::chat_history))
-        .route("/invites/redeem", post(rest::redeem_invite))
-        .route("/consent/terms", get(rest::consent_terms))
+        .route("/appointments/{id}/invites", post(invites::create_invite))
+        .route("/appointments/{id}/chat", get(chat::chat_history))
+        .route("/invites/redeem", post(invites::redeem_invite))
+        .route("/consent/terms", get(consent::consent_terms))
         .route(
             "/consent",
-            get(rest::consent_status).post(rest::consent_accept),
+            get(consent::consent_status).post(consent::consent_accept),
         )
-        .route("/consent", delete(rest::consent_revoke))
+        .route("/consent", delete(consent::consent_revoke))
         .route(
             "/admin/accounts",
-            get(rest::admin_accounts).post(rest::admin_create_account),
+            get(admin::admin_accounts).post(admin::admin_create_account),
         )
         .route(
             "/admin/accounts/{id}/disable",
-            post(rest::admin_disable_account),
+            post(admin::admin_disable_account),
         )
-        .route("/admin/audit", get(rest::admin_audit))
-        .route("/admin/break-glass", post(rest::break_glass))
+        .route("/admin/audit", get(admin::admin_audit))
+        .route("/admin/break-glass", post(break_glass::break_glass))
         .route(
             "/admin/break-glass/appointments/{id}",
-            get(rest::break_glass_appointment),
+            get(break_glass::break_glass_appointment),
         )
         .route(
             "/devices/{device}",
@@ -473,6 +480,8 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
 }
 
 // ------------------------------------------------------------------ errors
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Every REST error goes through here; bodies are generic and never carry
 /// internal details.

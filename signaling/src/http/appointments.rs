@@ -1,0 +1,203 @@
+//! Appointments: listing and booking (`/api/appointments`). Documented in
+//! docs/protocol.md.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, AppState, Authed, clinical, label_of, now};
+use crate::audit::{AuditAction, Outcome};
+use crate::crypto::ctx;
+use crate::model::{AccountId, AppointmentId, AppointmentStatus, Role, Timestamp};
+use crate::store::{Appointment, AppointmentQuery, NewAppointment};
+
+#[derive(Serialize)]
+pub struct PersonRef {
+    id: AccountId,
+    label: String,
+}
+
+#[derive(Serialize)]
+pub struct AppointmentView {
+    id: AppointmentId,
+    doctor: PersonRef,
+    patient: Option<PersonRef>,
+    start: i64,
+    duration_s: i64,
+    status: AppointmentStatus,
+    /// Only for the doctor and patient of the appointment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+async fn person(state: &AppState, id: AccountId) -> ApiResult<PersonRef> {
+    let label = match state.store.account(id).await? {
+        Some(a) => label_of(state, &a),
+        None => "unknown".into(),
+    };
+    Ok(PersonRef { id, label })
+}
+
+pub(super) async fn view(
+    state: &AppState,
+    a: &Appointment,
+    with_reason: bool,
+) -> ApiResult<AppointmentView> {
+    let patient = match a.patient {
+        Some(p) => Some(person(state, p).await?),
+        None => None,
+    };
+    let reason = match (&a.reason, with_reason) {
+        (Some(r), true) => state.keyring.open_string(ctx::REASON, r).ok(),
+        _ => None,
+    };
+    Ok(AppointmentView {
+        id: a.id,
+        doctor: person(state, a.doctor).await?,
+        patient,
+        start: a.start.secs(),
+        duration_s: a.duration_s,
+        status: a.status,
+        reason,
+    })
+}
+
+pub async fn list_appointments(
+    State(state): State<AppState>,
+    s: Authed,
+) -> ApiResult<Json<Vec<AppointmentView>>> {
+    let me = s.account_id();
+    let list = match (s.session.role, me) {
+        (Role::Doctor, Some(id)) => {
+            state
+                .store
+                .list_appointments(AppointmentQuery {
+                    doctor: Some(id),
+                    patient: None,
+                })
+                .await?
+        }
+        (Role::Patient, Some(id)) => {
+            state
+                .store
+                .list_appointments(AppointmentQuery {
+                    doctor: None,
+                    patient: Some(id),
+                })
+                .await?
+        }
+        (Role::Staff, _) => {
+            state
+                .store
+                .list_appointments(AppointmentQuery::default())
+                .await?
+        }
+        (Role::Guest, _) => match s.session.scope {
+            Some(id) => state.store.appointment(id).await?.into_iter().collect(),
+            None => vec![],
+        },
+        _ => {
+            state
+                .audit(s.event(AuditAction::AppointmentsListed, Outcome::Denied))
+                .await?;
+            return Err(ApiError::Forbidden);
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for a in &list {
+        out.push(view(&state, a, clinical(s.session.role)).await?);
+    }
+    state
+        .audit(s.event(AuditAction::AppointmentsListed, Outcome::Success))
+        .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookReq {
+    doctor: AccountId,
+    patient: Option<AccountId>,
+    /// Unix seconds.
+    start: i64,
+    duration_min: i64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct BookResp {
+    id: AppointmentId,
+}
+
+pub async fn book_appointment(
+    State(state): State<AppState>,
+    s: Authed,
+    Json(req): Json<BookReq>,
+) -> ApiResult<(StatusCode, Json<BookResp>)> {
+    let me = s.account_id();
+    let allowed = match s.session.role {
+        Role::Staff => true,
+        Role::Doctor => me == Some(req.doctor),
+        _ => false,
+    };
+    if !allowed {
+        state
+            .audit(
+                s.event(AuditAction::AppointmentBookRefused, Outcome::Denied)
+                    .detail("role"),
+            )
+            .await?;
+        return Err(ApiError::Forbidden);
+    }
+    if !(5..=480).contains(&req.duration_min) {
+        return Err(ApiError::BadRequest("duration_min must be 5..=480"));
+    }
+    if req.reason.as_ref().is_some_and(|r| r.len() > 2000) {
+        return Err(ApiError::BadRequest("reason is too long"));
+    }
+    let doctor_ok = matches!(state.store.account(req.doctor).await?, Some(a) if a.role == Role::Doctor && !a.disabled);
+    let patient_ok = match req.patient {
+        None => true,
+        Some(p) => {
+            matches!(state.store.account(p).await?, Some(a) if a.role == Role::Patient && !a.disabled)
+        }
+    };
+    if !doctor_ok || !patient_ok {
+        state
+            .audit(
+                s.event(AuditAction::AppointmentBookRefused, Outcome::Failure)
+                    .detail("bad_participants"),
+            )
+            .await?;
+        return Err(ApiError::BadRequest(
+            "doctor or patient is not a valid account",
+        ));
+    }
+    let booker = me.ok_or(ApiError::Forbidden)?;
+    let reason = req
+        .reason
+        .filter(|r| !r.is_empty())
+        .map(|r| state.keyring.seal(ctx::REASON, r.as_bytes(), &mut OsRng));
+    let id = state
+        .store
+        .create_appointment(NewAppointment {
+            doctor: req.doctor,
+            patient: req.patient,
+            start: Timestamp::from_secs(req.start),
+            duration_s: req.duration_min * 60,
+            reason,
+            created_by: booker,
+            created_at: now(),
+        })
+        .await?;
+    state
+        .audit(
+            s.event(AuditAction::AppointmentBooked, Outcome::Success)
+                .target(id),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(BookResp { id })))
+}

@@ -1,0 +1,139 @@
+//! Emergency access (`/api/admin/break-glass*`). Documented in docs/protocol.md.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::admin::require_admin;
+use super::appointments::{AppointmentView, view};
+use super::login::{verify_pw_gated, verify_totp};
+use super::{ApiError, ApiResult, AppState, Authed, now};
+use crate::audit::{AuditAction, Outcome};
+use crate::crypto::ctx;
+use crate::model::{AppointmentId, Timestamp};
+use crate::store::AccountRecord;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassReq {
+    reason: String,
+    password: String,
+    totp: String,
+}
+
+#[derive(Serialize)]
+pub struct BreakGlassResp {
+    grant: i64,
+    expires_at: Timestamp,
+}
+
+/// Emergency access: re-authentication (password and a fresh TOTP code) plus a
+/// stated reason buys a short grant; every step is audited with high priority.
+pub async fn break_glass(
+    State(state): State<AppState>,
+    s: Authed,
+    Json(req): Json<BreakGlassReq>,
+) -> ApiResult<(StatusCode, Json<BreakGlassResp>)> {
+    let id = require_admin(&state, &s).await?;
+    let refuse = |detail: &'static str| {
+        s.event(AuditAction::BreakGlassRefused, Outcome::Denied)
+            .high()
+            .detail(detail)
+    };
+    let reason = req.reason.trim().to_string();
+    if reason.len() < 10 || reason.len() > 1000 {
+        state.audit(refuse("reason_missing")).await?;
+        return Err(ApiError::BadRequest(
+            "state a reason (10 to 1000 characters)",
+        ));
+    }
+    let account = state
+        .store
+        .account(id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let t = now();
+    let pw_ok = verify_pw_gated(&state, account.password_hash.clone(), req.password).await?;
+    let code_ok = pw_ok && verify_totp(&state, &account, &req.totp, t).await?;
+    if !code_ok {
+        state.audit(refuse("reauthentication_failed")).await?;
+        return Err(ApiError::InvalidCredentials);
+    }
+    let expires_at = t.plus_secs(state.settings.break_glass_ttl_s);
+    let grant = state
+        .store
+        .create_break_glass(id, &reason, t, expires_at)
+        .await?;
+    state
+        .audit(
+            s.event(AuditAction::BreakGlassGranted, Outcome::Success)
+                .high()
+                .target(format!("break-glass:{grant}"))
+                .detail(reason),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BreakGlassResp { grant, expires_at }),
+    ))
+}
+
+#[derive(Serialize)]
+pub struct EmergencyView {
+    appointment: AppointmentView,
+    doctor_contact: Option<String>,
+    patient_contact: Option<String>,
+    grant: i64,
+}
+
+pub async fn break_glass_appointment(
+    State(state): State<AppState>,
+    s: Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    let admin = require_admin(&state, &s).await?;
+    let id = AppointmentId(id);
+    let Some(grant) = state.store.active_break_glass(admin, now()).await? else {
+        state
+            .audit(
+                s.event(AuditAction::BreakGlassAccess, Outcome::Denied)
+                    .high()
+                    .target(id)
+                    .detail("no_active_grant"),
+            )
+            .await?;
+        return Err(ApiError::Forbidden);
+    };
+    let appt = state
+        .store
+        .appointment(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let contact = |a: Option<AccountRecord>| {
+        a.and_then(|a| a.contact)
+            .and_then(|c| state.keyring.open_string(ctx::CONTACT, &c).ok())
+    };
+    let doctor_contact = contact(state.store.account(appt.doctor).await?);
+    let patient_contact = match appt.patient {
+        Some(p) => contact(state.store.account(p).await?),
+        None => None,
+    };
+    let v = view(&state, &appt, true).await?;
+    state
+        .audit(
+            s.event(AuditAction::BreakGlassAccess, Outcome::Success)
+                .high()
+                .target(id)
+                .detail(format!("break-glass:{}", grant.id)),
+        )
+        .await?;
+    Ok(Json(EmergencyView {
+        appointment: v,
+        doctor_contact,
+        patient_contact,
+        grant: grant.id,
+    })
+    .into_response())
+}

@@ -1,0 +1,62 @@
+//! Stored E2EE chat ciphertext of a consultation (`/api/appointments/{id}/chat`).
+//! Documented in docs/protocol.md.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+
+use super::{ApiError, ApiResult, AppState, Authed};
+use crate::audit::{AuditAction, Outcome};
+use crate::model::{AppointmentId, Principal, Role, Timestamp};
+use crate::proto::encode_b64;
+
+#[derive(Serialize)]
+pub struct ChatView {
+    id: crate::model::ChatId,
+    from: crate::model::ParticipantId,
+    sender_role: Role,
+    time: Timestamp,
+    ciphertext: String,
+}
+
+pub async fn chat_history(
+    State(state): State<AppState>,
+    s: Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Vec<ChatView>>> {
+    let id = AppointmentId(id);
+    let appt = state.store.appointment(id).await?;
+    let allowed = match (&appt, &s.session.principal, s.session.role) {
+        (Some(a), Principal::Account(me), Role::Doctor) => a.doctor == *me,
+        (Some(a), Principal::Account(me), Role::Patient) => a.patient == Some(*me),
+        (Some(a), Principal::Guest(_), Role::Guest) => s.session.scope == Some(a.id),
+        _ => false,
+    };
+    if !allowed {
+        state
+            .audit(
+                s.event(AuditAction::ChatHistoryRefused, Outcome::Denied)
+                    .target(id),
+            )
+            .await?;
+        return Err(ApiError::Forbidden);
+    }
+    let rows = state.store.chat_history(id).await?;
+    state
+        .audit(
+            s.event(AuditAction::ChatHistoryRead, Outcome::Success)
+                .target(id),
+        )
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| ChatView {
+                id: r.id,
+                from: r.sender,
+                sender_role: r.sender_role,
+                time: r.sent_at,
+                ciphertext: encode_b64(&r.ciphertext),
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,201 @@
+//! Guest invites: creation by the appointment's doctor or staff, redemption by
+//! the guest (`/api/appointments/{id}/invites`, `/api/invites/redeem`). Documented in
+//! docs/protocol.md.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+
+use super::login::{audit_grant, issue_session};
+use super::{ApiError, ApiResult, AppState, Authed, Ctx, now};
+use crate::audit::{AuditAction, Outcome};
+use crate::auth::{SessionKind, hash_token, new_token};
+use crate::model::{AppointmentId, Principal, Role, Timestamp};
+use crate::store::NewInvite;
+
+#[derive(Deserialize, Default)]
+pub struct InviteReq {
+    #[serde(default)]
+    expires_in_s: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct InviteResp {
+    invite_token: String,
+    consultation: AppointmentId,
+    expires_at: Timestamp,
+}
+
+pub async fn create_invite(
+    State(state): State<AppState>,
+    s: Authed,
+    Path(id): Path<i64>,
+    body: Option<Json<InviteReq>>,
+) -> ApiResult<(StatusCode, Json<InviteResp>)> {
+    let id = AppointmentId(id);
+    let appt = state.store.appointment(id).await?;
+    let allowed = match (&appt, s.session.role) {
+        (Some(_), Role::Staff) => true,
+        (Some(a), Role::Doctor) => Some(a.doctor) == s.account_id(),
+        _ => false,
+    };
+    if !allowed {
+        state
+            .audit(
+                s.event(AuditAction::InviteCreated, Outcome::Denied)
+                    .target(id),
+            )
+            .await?;
+        return Err(if appt.is_some() {
+            ApiError::Forbidden
+        } else {
+            ApiError::NotFound
+        });
+    }
+    let ttl = body
+        .and_then(|b| b.0.expires_in_s)
+        .unwrap_or(state.settings.invite_ttl_s)
+        .clamp(1, 7 * 24 * 3600);
+    let (token, hash) = new_token(&mut OsRng);
+    let t = now();
+    let expires_at = t.plus_secs(ttl);
+    let by = s.account_id().ok_or(ApiError::Forbidden)?;
+    let invite = state
+        .store
+        .create_invite(NewInvite {
+            appointment: id,
+            token_hash: hash,
+            expires_at,
+            created_by: by,
+            created_at: t,
+        })
+        .await?;
+    state
+        .audit(
+            s.event(AuditAction::InviteCreated, Outcome::Success)
+                .target(id)
+                .detail(format!("guest:{}", invite.0)),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(InviteResp {
+            invite_token: token,
+            consultation: id,
+            expires_at,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemReq {
+    invite_token: String,
+    /// The terms version the guest accepted; must be the current one.
+    #[serde(default)]
+    accept_terms_version: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct RedeemResp {
+    token: String,
+    role: Role,
+    consultation: AppointmentId,
+    expires_at: Timestamp,
+}
+
+pub async fn redeem_invite(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(req): Json<RedeemReq>,
+) -> ApiResult<Json<RedeemResp>> {
+    if ctx.ip.is_some_and(|ip| !state.ip_limiter.check(ip)) {
+        return Err(ApiError::TooManyRequests(1));
+    }
+    let t = now();
+    let invite = if req.invite_token.len() <= 512 {
+        state
+            .store
+            .invite_by_hash(&hash_token(&req.invite_token))
+            .await?
+    } else {
+        None
+    };
+    let refuse = |actor: String, detail: &'static str| {
+        ctx.event(actor, AuditAction::InviteRefused, Outcome::Denied)
+            .role(Role::Guest)
+            .detail(detail)
+    };
+    let Some(invite) = invite else {
+        state.audit(refuse("anonymous".into(), "unknown")).await?;
+        return Err(ApiError::InviteInvalid);
+    };
+    let actor = Principal::Guest(invite.id).to_string();
+    if invite.used_at.is_some() {
+        state
+            .audit(refuse(actor, "used").target(invite.appointment))
+            .await?;
+        return Err(ApiError::InviteInvalid);
+    }
+    if invite.expires_at <= t {
+        state
+            .audit(refuse(actor, "expired").target(invite.appointment))
+            .await?;
+        return Err(ApiError::InviteInvalid);
+    }
+    if req.accept_terms_version.as_deref() != Some(state.settings.terms_version.as_str()) {
+        // Checked before redeeming so a guest who has not accepted yet keeps the link.
+        return Err(ApiError::ConsentRequired);
+    }
+    let appt = state
+        .store
+        .appointment(invite.appointment)
+        .await?
+        .ok_or(ApiError::InviteInvalid)?;
+    if !state.store.redeem_invite(invite.id, t).await? {
+        state
+            .audit(refuse(actor, "used").target(invite.appointment))
+            .await?;
+        return Err(ApiError::InviteInvalid);
+    }
+    state
+        .store
+        .record_consent(&actor, &state.settings.terms_version, t)
+        .await?;
+    // The guest session lives no longer than the consultation window.
+    let until = appt.end().plus_secs(state.settings.join_grace_s);
+    let lifetime = ((until.0 - t.0) / 1000).clamp(60, state.settings.session_lifetime_s);
+    let (token, s) = issue_session(
+        &state,
+        Principal::Guest(invite.id),
+        Role::Guest,
+        SessionKind::Full,
+        Some(invite.appointment),
+        lifetime,
+    )
+    .await?;
+    audit_grant(
+        &state,
+        &s,
+        ctx.event(actor.clone(), AuditAction::InviteRedeemed, Outcome::Success)
+            .role(Role::Guest)
+            .target(invite.appointment),
+    )
+    .await?;
+    audit_grant(
+        &state,
+        &s,
+        ctx.event(actor, AuditAction::ConsentAccepted, Outcome::Success)
+            .role(Role::Guest)
+            .detail(state.settings.terms_version.clone()),
+    )
+    .await?;
+    Ok(Json(RedeemResp {
+        token,
+        role: Role::Guest,
+        consultation: invite.appointment,
+        expires_at: s.expires_at,
+    }))
+}

@@ -1,0 +1,131 @@
+//! Second-factor enrolment (`/api/totp/*`). Documented in docs/protocol.md.
+
+use axum::Json;
+use axum::extract::State;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+
+use super::login::{audit_grant, issue_session};
+use super::{AnySession, ApiError, ApiResult, AppState, now};
+use crate::audit::{AuditAction, Outcome};
+use crate::auth::{SessionKind, TotpSecret, recovery_codes};
+use crate::crypto::ctx;
+use crate::model::{AccountId, Timestamp};
+use crate::store::AccountRecord;
+
+#[derive(Serialize)]
+pub struct EnrollResp {
+    secret: String,
+    otpauth_url: String,
+}
+
+/// The session's own account, which must not have a second factor yet (enrolment
+/// and its confirmation both start here).
+async fn unenrolled_account(
+    state: &AppState,
+    s: &AnySession,
+) -> ApiResult<(AccountId, AccountRecord)> {
+    let id = s.account_id().ok_or(ApiError::Forbidden)?;
+    let account = state
+        .store
+        .account(id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if account.totp_enabled {
+        return Err(ApiError::Conflict("a second factor is already enrolled"));
+    }
+    Ok((id, account))
+}
+
+pub async fn totp_enroll(
+    State(state): State<AppState>,
+    s: AnySession,
+) -> ApiResult<Json<EnrollResp>> {
+    let (id, account) = unenrolled_account(&state, &s).await?;
+    let secret = TotpSecret::generate(&mut OsRng);
+    let sealed = state.keyring.seal(ctx::TOTP_SECRET, &secret.0, &mut OsRng);
+    state.store.set_totp_pending(id, sealed).await?;
+    state
+        .audit(s.event(AuditAction::MfaEnrollStarted, Outcome::Success))
+        .await?;
+    Ok(Json(EnrollResp {
+        otpauth_url: secret.otpauth_url(&state.settings.issuer, &account.username),
+        secret: secret.base32(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct ConfirmReq {
+    code: String,
+}
+
+#[derive(Serialize)]
+pub struct ConfirmResp {
+    recovery_codes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<Timestamp>,
+}
+
+pub async fn totp_confirm(
+    State(state): State<AppState>,
+    s: AnySession,
+    Json(req): Json<ConfirmReq>,
+) -> ApiResult<Json<ConfirmResp>> {
+    let (id, account) = unenrolled_account(&state, &s).await?;
+    let sealed = account
+        .totp_secret
+        .as_ref()
+        .ok_or(ApiError::BadRequest("start enrolment first"))?;
+    let secret = state
+        .keyring
+        .open(ctx::TOTP_SECRET, sealed)
+        .map_err(|_| ApiError::Internal)?;
+    let t = now();
+    let Some(step) = TotpSecret::from_bytes(secret.to_vec()).verify(&req.code, t, None) else {
+        state
+            .audit(
+                s.event(AuditAction::MfaFailed, Outcome::Failure)
+                    .detail("enrolment"),
+            )
+            .await?;
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.store.enable_totp(id, step).await?;
+    let codes = recovery_codes(&mut OsRng);
+    state
+        .store
+        .replace_recovery_codes(id, codes.iter().map(|(_, h)| h.clone()).collect())
+        .await?;
+    state
+        .audit(s.event(AuditAction::MfaEnrolled, Outcome::Success))
+        .await?;
+    let (token, expires_at) = if s.session.kind == SessionKind::Enroll {
+        state.store.revoke_session(&s.session.token_hash).await?;
+        let (token, full) = issue_session(
+            &state,
+            s.session.principal.clone(),
+            s.session.role,
+            SessionKind::Full,
+            None,
+            state.settings.session_lifetime_s,
+        )
+        .await?;
+        audit_grant(
+            &state,
+            &full,
+            s.event(AuditAction::LoginOk, Outcome::Success)
+                .detail("after_enrolment"),
+        )
+        .await?;
+        (Some(token), Some(full.expires_at))
+    } else {
+        (None, None)
+    };
+    Ok(Json(ConfirmResp {
+        recovery_codes: codes.into_iter().map(|(c, _)| c).collect(),
+        token,
+        expires_at,
+    }))
+}
