@@ -19,8 +19,6 @@ pub struct Limits {
     pub frame: usize,
     pub sdp: usize,
     pub candidate: usize,
-    /// Decoded size of an e2ee blob.
-    pub e2ee_blob: usize,
     /// Decoded size of a chat ciphertext.
     pub chat: usize,
     pub token: usize,
@@ -36,7 +34,6 @@ impl Default for Limits {
             frame: 192 * 1024,
             sdp: 64 * 1024,
             candidate: 4 * 1024,
-            e2ee_blob: 64 * 1024,
             chat: 16 * 1024,
             token: 512,
             mls: 64 * 1024,
@@ -77,13 +74,6 @@ pub enum ClientMsg {
     IceCandidate {
         candidate: String,
     },
-    /// Opaque end-to-end key material (key offers, sealed sender keys), base64.
-    /// Without `to` it goes to every other admitted participant.
-    E2ee {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        to: Option<ParticipantId>,
-        blob: String,
-    },
     /// Opaque chat ciphertext, base64; stored and relayed, never read.
     Chat {
         ciphertext: String,
@@ -116,7 +106,6 @@ const CLIENT_TYPES: &[&str] = &[
     "media_offer",
     "media_answer",
     "ice_candidate",
-    "e2ee",
     "chat",
     "mls_commit",
     "leave",
@@ -209,12 +198,6 @@ pub enum ServerMsg {
     },
     IceCandidate {
         candidate: String,
-    },
-    E2ee {
-        from: ParticipantId,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        to: Option<ParticipantId>,
-        blob: String,
     },
     Chat {
         id: ChatId,
@@ -471,7 +454,6 @@ fn validate(msg: &ClientMsg, limits: &Limits) -> Result<(), ProtoError> {
         ClientMsg::IceCandidate { candidate } if candidate.len() > limits.candidate => {
             Err(too_large("candidate"))
         }
-        ClientMsg::E2ee { blob, .. } => decode_b64(blob, limits.e2ee_blob, "blob").map(|_| ()),
         ClientMsg::Chat { ciphertext } => {
             decode_b64(ciphertext, limits.chat, "ciphertext").map(|_| ())
         }
@@ -547,13 +529,6 @@ mod tests {
         );
         assert_eq!(dec(r#"{"type":"leave"}"#), Ok(ClientMsg::Leave));
         assert_eq!(
-            dec(r#"{"type":"e2ee","to":3,"blob":"AAEC"}"#),
-            Ok(ClientMsg::E2ee {
-                to: Some(ParticipantId(3)),
-                blob: "AAEC".into()
-            })
-        );
-        assert_eq!(
             dec(r#"{"type":"ping"}"#),
             Ok(ClientMsg::Ping { nonce: None })
         );
@@ -564,6 +539,11 @@ mod tests {
         assert_eq!(dec("not json"), Err(ErrorCode::BadJson));
         assert_eq!(dec("[1,2]"), Err(ErrorCode::BadJson));
         assert_eq!(dec(r#"{"type":"launch"}"#), Err(ErrorCode::UnknownType));
+        // The pre-MLS key exchange is gone: its frames are an unknown type like any other.
+        assert_eq!(
+            dec(r#"{"type":"e2ee","to":3,"blob":"AAEC"}"#),
+            Err(ErrorCode::UnknownType)
+        );
         assert_eq!(dec(r#"{"type":7}"#), Err(ErrorCode::InvalidMessage));
         assert_eq!(dec(r#"{"x":1}"#), Err(ErrorCode::InvalidMessage));
         assert_eq!(dec(r#"{"type":"join"}"#), Err(ErrorCode::InvalidMessage));

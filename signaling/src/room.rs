@@ -613,32 +613,6 @@ impl Consultation {
         Ok((self.media_room, self.media_mid(who)))
     }
 
-    /// Relay opaque E2EE material, to one admitted peer or to all.
-    pub fn handle_e2ee(
-        &mut self,
-        from: ParticipantId,
-        to: Option<ParticipantId>,
-        blob: String,
-    ) -> Result<(), RoomError> {
-        self.require_admitted(from)?;
-        let targets = match to {
-            Some(t) if t != from && self.state_of(t) == Some(MemberState::Admitted) => vec![t],
-            Some(_) => return Err(RoomError::UnknownParticipant),
-            None => self.admitted_peers(from),
-        };
-        for t in targets {
-            self.send(
-                t,
-                ServerMsg::E2ee {
-                    from,
-                    to,
-                    blob: blob.clone(),
-                },
-            );
-        }
-        Ok(())
-    }
-
     /// An MLS commit from `from`, ordered against the consultation's group.
     ///
     /// Accepted when it is a member's commit (PublicMessage from a member, or
@@ -940,7 +914,7 @@ mod tests {
         r.handle_join(T0, joiner(2, Role::Patient)).unwrap();
         drain(&mut r);
         assert_eq!(
-            r.handle_e2ee(ParticipantId(2), None, "AA==".into()),
+            r.handle_mls_commit(T0, ParticipantId(2), commit(&group("a"), 0)),
             Err(RoomError::NotAdmitted)
         );
         assert_eq!(r.check_chat(ParticipantId(2)), Err(RoomError::NotAdmitted));
@@ -957,20 +931,23 @@ mod tests {
         r.handle_admit(T0, ParticipantId(1), ParticipantId(2))
             .unwrap();
         drain(&mut r);
-        r.handle_e2ee(ParticipantId(1), None, "AQ==".into())
+        r.handle_mls_commit(T0, ParticipantId(1), commit(&group("a"), 0))
             .unwrap();
         let out = drain(&mut r);
-        assert_eq!(sent_to(&out, 2).len(), 1);
-        assert!(sent_to(&out, 3).is_empty());
-        assert_eq!(
-            r.handle_e2ee(ParticipantId(1), Some(ParticipantId(3)), "AQ==".into()),
-            Err(RoomError::UnknownParticipant)
+        assert!(
+            matches!(sent_to(&out, 2)[..], [ServerMsg::MlsCommit { .. }]),
+            "{out:?}"
+        );
+        assert!(
+            sent_to(&out, 3).is_empty(),
+            "the waiting guest hears nothing"
         );
         r.handle_chat(ParticipantId(2), ChatId(5), T0, "AQ==".into())
             .unwrap();
         let out = drain(&mut r);
         assert_eq!(sent_to(&out, 1).len(), 1);
         assert_eq!(sent_to(&out, 2).len(), 1, "sender gets the echo with id");
+        assert!(sent_to(&out, 3).is_empty());
     }
 
     #[test]

@@ -294,7 +294,7 @@ async fn protocol_and_role_refusals() {
     p.send(json!({"type": "hello", "version": 1, "token": patient}))
         .await;
     p.expect_error("already_authenticated").await;
-    p.send(json!({"type": "e2ee", "blob": "AAAA"})).await;
+    p.send(json!({"type": "chat", "ciphertext": "AAAA"})).await;
     p.expect_error("not_in_consultation").await;
     p.join(appt).await;
     let pid = p.recv_type("waiting").await["you"].as_u64().unwrap();
@@ -306,7 +306,7 @@ async fn protocol_and_role_refusals() {
         Some("already_joined"),
     )
     .await;
-    p.send(json!({"type": "e2ee", "blob": "AAAA"})).await;
+    p.send(json!({"type": "chat", "ciphertext": "AAAA"})).await;
     p.expect_error("not_admitted").await;
     p.send(json!({"type": "media_offer", "sdp": "v=0"})).await;
     p.expect_error("not_admitted").await;

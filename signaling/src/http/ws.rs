@@ -439,12 +439,6 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
             });
             Ok(())
         }
-        ClientMsg::E2ee { to, blob } => {
-            let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
-            with_room(state, appt, |r| r.handle_e2ee(conn.id, to, blob))
-                .unwrap_or(Err(RoomError::Ended))
-                .map_err(Into::into)
-        }
         ClientMsg::MlsCommit {
             commit,
             welcome,
