@@ -114,7 +114,7 @@ impl FrameEncryptor {
         })
     }
 
-    /// The current sender key (to seal it to peers).
+    /// The current sender key (receivers install its [`SenderKey::to_received`]).
     #[must_use]
     pub fn sender_key(&self) -> &SenderKey {
         &self.key
@@ -126,7 +126,7 @@ impl FrameEncryptor {
         self.key.kid()
     }
 
-    /// Ratchet the key forward (someone joined). Seal [`Self::sender_key`] to the joiner
+    /// Ratchet the key forward (someone joined). Give the joiner [`Self::sender_key`]
     /// afterwards; existing receivers follow the ratchet by themselves.
     pub fn ratchet(&mut self) -> Result<()> {
         self.key.ratchet()?;
@@ -135,7 +135,7 @@ impl FrameEncryptor {
         Ok(())
     }
 
-    /// Switch to a fresh random key of the next generation (someone left). Seal
+    /// Switch to a fresh random key of the next generation (someone left). Give
     /// [`Self::sender_key`] to every remaining peer afterwards.
     pub fn rotate<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<()> {
         let next = self.key.next_generation(rng)?;
