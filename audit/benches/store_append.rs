@@ -1,6 +1,10 @@
 //! Append throughput through the SQL store (one transaction per entry, as the server
 //! records), on SQLite and PostgreSQL, and proof latency from the node table.
 //!
+//! A second table prices checkpoint signing: the same appends with the clock read for
+//! each entry and checkpoints signed every entry, every 100 ms, every 2 s (the
+//! default) or never, on the same store.
+//!
 //! Run: `cargo bench -p confide-audit --bench store_append [-- ENTRIES]`.
 //! PostgreSQL from `CONFIDE_TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), in a scratch schema dropped afterwards.
@@ -83,6 +87,81 @@ async fn run(name: &str, pool: AnyPool, backend: Backend, total: u64) {
     );
 }
 
+fn wall() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    Timestamp::from_unix_millis(ms).expect("in range")
+}
+
+/// Appends/s with the given signing policy, entries timed by the wall clock as the
+/// server's are; also the number of checkpoints signed.
+async fn signing_cost(name: &str, pool: AnyPool, backend: Backend, total: u64) {
+    let store = AuditStore::open(pool, backend)
+        .await
+        .expect("create tables");
+    let policies = [
+        (
+            "never",
+            CheckpointPolicy {
+                max_entries: u64::MAX,
+                max_delay_ms: u64::MAX / 4,
+            },
+        ),
+        ("every 2 s (default)", CheckpointPolicy::default()),
+        (
+            "every 100 ms",
+            CheckpointPolicy {
+                max_entries: u64::MAX,
+                max_delay_ms: 100,
+            },
+        ),
+        (
+            "every entry",
+            CheckpointPolicy {
+                max_entries: 1,
+                max_delay_ms: 0,
+            },
+        ),
+    ];
+    let mut base = None;
+    for (label, policy) in policies {
+        let w = AuditWriter::new(
+            store.clone(),
+            "bench.example/audit",
+            LogSigningKey::from_seed(&[1; 32]),
+            policy,
+        )
+        .expect("valid origin");
+        // Start from a fully signed log so each policy pays only for its own entries.
+        let _ = w.checkpoint_now(wall()).await.expect("sign");
+        let before = w
+            .store()
+            .checkpoints(&w.public_key())
+            .await
+            .expect("read")
+            .len();
+        let start = Instant::now();
+        for i in 0..total {
+            let _ = w.append(wall(), event(i)).await.expect("append");
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        let signed = w
+            .store()
+            .checkpoints(&w.public_key())
+            .await
+            .expect("read")
+            .len()
+            - before;
+        let base = *base.get_or_insert(rate);
+        println!(
+            "| {name} | {label} | {total} | {rate:.0} | {signed} | {:.2} |",
+            rate / base
+        );
+    }
+}
+
 fn main() {
     let total: u64 = std::env::args()
         .skip(1)
@@ -102,6 +181,10 @@ fn main() {
         let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("sqlite");
         sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.expect("wal");
         run("SQLite (WAL, file)", pool.clone(), Backend::Sqlite, total).await;
+        println!();
+        println!("| backend | checkpoints signed | entries | appends/s | checkpoints | ratio to never |");
+        println!("|---|---|---:|---:|---:|---:|");
+        signing_cost("SQLite (WAL, file)", pool.clone(), Backend::Sqlite, total).await;
         pool.close().await;
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -129,6 +212,7 @@ fn main() {
             .await
             .expect("postgres");
         run("PostgreSQL (local)", pool.clone(), Backend::Postgres, total).await;
+        signing_cost("PostgreSQL (local)", pool.clone(), Backend::Postgres, total).await;
         pool.close().await;
         let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await;
     });

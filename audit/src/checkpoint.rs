@@ -34,20 +34,20 @@ pub const MAX_NOTE_BYTES: usize = 16 * 1024;
 /// C2SP signed-note algorithm byte for Ed25519.
 const ALG_ED25519: u8 = 0x01;
 
-const SIG_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIG_PREFIX: &str = "\u{2014} ";
 
-fn check_name(name: &str) -> Result<(), Error> {
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+') {
         return Err(Error::InvalidOrigin);
     }
     Ok(())
 }
 
-fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
+pub(crate) fn key_hash(name: &str, alg: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
-    h.update([ALG_ED25519]);
+    h.update([alg]);
     h.update(public);
     let d = h.finalize();
     [d[0], d[1], d[2], d[3]]
@@ -93,7 +93,7 @@ impl LogSigningKey {
     /// `PRIVATE+KEY+<name>+<hash>+<base64(0x01 || seed)>`.
     pub fn to_skey(&self, name: &str) -> Result<Zeroizing<String>, Error> {
         check_name(name)?;
-        let kh = key_hash(name, self.public_key().inner.as_bytes());
+        let kh = key_hash(name, ALG_ED25519, self.public_key().inner.as_bytes());
         let mut raw = Zeroizing::new([0u8; 33]);
         raw[0] = ALG_ED25519;
         raw[1..].copy_from_slice(&self.inner.to_bytes());
@@ -123,7 +123,12 @@ impl LogSigningKey {
         let mut seed = Zeroizing::new([0u8; 32]);
         seed.copy_from_slice(&raw[1..]);
         let key = Self::from_seed(&seed);
-        if hex::encode(key_hash(name, key.public_key().inner.as_bytes())) != kh {
+        if hex::encode(key_hash(
+            name,
+            ALG_ED25519,
+            key.public_key().inner.as_bytes(),
+        )) != kh
+        {
             return Err(bad("key hash does not match"));
         }
         Ok((name.to_owned(), key))
@@ -168,7 +173,7 @@ impl LogPublicKey {
         raw.extend_from_slice(self.inner.as_bytes());
         Ok(format!(
             "{name}+{}+{}",
-            hex::encode(key_hash(name, self.inner.as_bytes())),
+            hex::encode(key_hash(name, ALG_ED25519, self.inner.as_bytes())),
             B64.encode(raw)
         ))
     }
@@ -191,7 +196,7 @@ impl LogPublicKey {
         let mut b = [0u8; 32];
         b.copy_from_slice(&raw[1..]);
         let key = Self::from_bytes(&b)?;
-        if hex::encode(key_hash(name, &b)) != kh {
+        if hex::encode(key_hash(name, ALG_ED25519, &b)) != kh {
             return Err(bad("key hash does not match"));
         }
         Ok((name.to_owned(), key))
@@ -272,7 +277,7 @@ impl SignedCheckpoint {
     pub fn to_note(&self, key: &LogPublicKey) -> String {
         let name = &self.checkpoint.origin;
         let mut sig = Vec::with_capacity(68);
-        sig.extend_from_slice(&key_hash(name, key.inner.as_bytes()));
+        sig.extend_from_slice(&key_hash(name, ALG_ED25519, key.inner.as_bytes()));
         sig.extend_from_slice(&self.signature);
         format!(
             "{}\n{SIG_PREFIX}{name} {}\n",
@@ -305,7 +310,7 @@ impl SignedCheckpoint {
             .ok_or_else(|| bad("missing blank line before signatures"))?;
         let (body, sigs) = (&text[..split + 1], &text[split + 2..]);
         let checkpoint = Checkpoint::parse_body(body)?;
-        let want_hash = key_hash(&checkpoint.origin, key.inner.as_bytes());
+        let want_hash = key_hash(&checkpoint.origin, ALG_ED25519, key.inner.as_bytes());
         let sigs = sigs
             .strip_suffix('\n')
             .ok_or_else(|| bad("signatures must end with a newline"))?;
@@ -416,7 +421,7 @@ mod tests {
         let (_, public) = LogPublicKey::from_vkey(vkey).unwrap();
         assert_eq!(public, key.public_key());
 
-        let mut blob = key_hash(&name, &public.to_bytes()).to_vec();
+        let mut blob = key_hash(&name, ALG_ED25519, &public.to_bytes()).to_vec();
         blob.extend_from_slice(&key.inner.sign(text.as_bytes()).to_bytes());
         assert_eq!(
             format!("{SIG_PREFIX}{name} {}\n", B64.encode(blob)),

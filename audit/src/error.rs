@@ -68,6 +68,28 @@ pub enum Finding {
     },
     /// A package carries a log key other than the one the auditor pinned.
     UnexpectedKey,
+    /// The stored size (the head row, which every append raises in the same
+    /// transaction) counts more entries than are present, and no checkpoint covers the
+    /// missing ones: entries at the end were deleted, or the size was raised by hand.
+    HeadAhead {
+        /// Sequence number of the first missing entry (the number of rows present).
+        seq: u64,
+        /// The size the head row records.
+        head_size: u64,
+    },
+    /// A witness cosignature on the checkpoint of this size does not verify.
+    BadCosignature {
+        /// Tree size of the checkpoint.
+        size: u64,
+    },
+    /// The log offered a witness a checkpoint smaller than one the witness already
+    /// cosigned: entries it had shown were taken away.
+    RolledBack {
+        /// Size the witness cosigned.
+        seen: u64,
+        /// Size now offered.
+        offered: u64,
+    },
     /// Rows exist at or beyond the size the head records: they were inserted outside
     /// the log (every append raises the size in the same transaction), and they stop
     /// every later append.
@@ -115,6 +137,20 @@ impl fmt::Display for Finding {
             Finding::NotCanonical { seq } => {
                 write!(f, "entry {seq} is not in the form the log writes")
             }
+            Finding::BadCosignature { size } => {
+                write!(
+                    f,
+                    "a witness cosignature on checkpoint {size} does not verify"
+                )
+            }
+            Finding::RolledBack { seen, offered } => write!(
+                f,
+                "the log shrank from {seen} entries (already witnessed) to {offered}: history was rewritten"
+            ),
+            Finding::HeadAhead { seq, head_size } => write!(
+                f,
+                "entries from {seq} are missing: the stored log size is {head_size} entries"
+            ),
             Finding::BeyondHead { seq, rows } => write!(
                 f,
                 "entries {seq}..{rows} lie beyond the stored log size {seq} (inserted outside the log)"
@@ -136,11 +172,14 @@ impl Finding {
             Finding::Altered { seq }
             | Finding::Missing { seq }
             | Finding::Truncated { seq, .. }
+            | Finding::HeadAhead { seq, .. }
             | Finding::InclusionFailed { seq }
             | Finding::NotCanonical { seq }
             | Finding::BeyondHead { seq, .. } => Some(*seq),
             Finding::OutOfOrder { expected, .. } => Some(*expected),
             Finding::RangeAltered { .. }
+            | Finding::BadCosignature { .. }
+            | Finding::RolledBack { .. }
             | Finding::BadCheckpointSignature { .. }
             | Finding::InconsistentCheckpoints { .. }
             | Finding::UnexpectedKey => None,
@@ -186,6 +225,14 @@ pub enum Error {
         size: u64,
         /// Hashes supplied.
         hashes: usize,
+    },
+    /// A checkpoint that had to carry a witness's cosignature does not.
+    #[error("checkpoint at size {size} carries no cosignature by witness {witness}")]
+    Unwitnessed {
+        /// Tree size of the checkpoint.
+        size: u64,
+        /// The witness's name.
+        witness: String,
     },
     /// A log origin (key name) is empty or contains whitespace or `+`.
     #[error("invalid log origin: must be non-empty without whitespace or '+'")]

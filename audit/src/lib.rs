@@ -29,6 +29,9 @@
 //!   [`verify_consistency`] are the RFC 9162 verification algorithms.
 //! - **Checkpoints** are C2SP signed notes (origin, size, base64 root, a `time` line)
 //!   signed with the log's Ed25519 key ([`LogSigningKey`], zeroized, no `Debug`).
+//! - **Witnesses** cosign checkpoints in the C2SP `tlog-cosignature` format
+//!   ([`WitnessSigningKey::cosign`]) only when [`WitnessState::check`] proves the new
+//!   checkpoint extends the last one they cosigned; [`open_cosigned`] requires it.
 //! - **Verification** ([`verify_log`]) recomputes the tree and names the first entry
 //!   that no longer matches; [`check_package`] does the same for an export without any
 //!   database.
@@ -66,6 +69,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod cosign;
 mod entry;
 mod error;
 mod hash;
@@ -79,6 +83,9 @@ mod tree;
 mod verify;
 
 pub use checkpoint::{Checkpoint, LogPublicKey, LogSigningKey, MAX_NOTE_BYTES, SignedCheckpoint};
+pub use cosign::{
+    COSIGNATURE_V1, Cosignature, WitnessPublicKey, WitnessSigningKey, WitnessState, open_cosigned,
+};
 pub use entry::{
     AuditEntry, AuditEvent, ENCODING_VERSION, MAX_FIELD_BYTES, Outcome, Priority, Timestamp,
     neutralise,

@@ -9,9 +9,10 @@
 //! | `audit_log` | entry (leaf) | `seq` (leaf index), `at` (Unix ms), the [`AuditEvent`] fields, `leaf_hash` (hex) |
 //! | `audit_nodes` | completed tree node | `level`, `idx`, `hash` (hex): the proofs' O(log n) reads |
 //! | `audit_checkpoints` | signed checkpoint | `size`, `at`, `note` (the C2SP signed note) |
+//! | `audit_cosignatures` | witness cosignature | `size`, `witness` (name), `at`, `line` (the C2SP cosignature line) |
 //! | `audit_head` | - (one row) | `size`, `frontier` (hex hashes), `signed_size`, `unsigned_since` |
 //!
-//! `audit_log`, `audit_nodes` and `audit_checkpoints` carry triggers that refuse
+//! `audit_log`, `audit_nodes`, `audit_checkpoints` and `audit_cosignatures` carry triggers that refuse
 //! `UPDATE` and `DELETE` (and `TRUNCATE` on PostgreSQL): the application cannot rewrite
 //! history. Someone with the database owner's rights can drop the triggers; that is
 //! what [`AuditStore::verify`] and the signed checkpoints are for.
@@ -31,9 +32,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 use crate::checkpoint::{Checkpoint, LogPublicKey, LogSigningKey, SignedCheckpoint};
+use crate::cosign::{Cosignature, WitnessPublicKey, open_cosigned};
 use crate::entry::{AuditEntry, AuditEvent, Outcome, Priority, Timestamp};
 use crate::error::{Error, Finding};
 use crate::hash::Hash;
@@ -49,6 +51,28 @@ use crate::verify::{LogVerifier, StoredEntry, VerifyReport};
 
 /// Rows read per query when streaming the log (verify, export).
 const BATCH: u64 = 2000;
+
+/// Most entries one [`AuditStore::query`] returns.
+pub const MAX_QUERY: u64 = 100_000;
+
+/// What [`AuditStore::query`] selects; every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Actor, exactly (`account:12`).
+    pub actor: Option<String>,
+    /// Action code, exactly.
+    pub action: Option<String>,
+    /// Target, exactly (`appointment:4`).
+    pub target: Option<String>,
+    /// Patient, exactly (`account:9`).
+    pub patient: Option<String>,
+    /// Outcome.
+    pub outcome: Option<Outcome>,
+    /// Smallest sequence number returned.
+    pub from: u64,
+    /// Most entries returned (clamped to 1..=[`MAX_QUERY`]).
+    pub limit: u64,
+}
 
 /// Which SQL dialect the pool speaks. The tables are the same; only the
 /// append-only triggers differ.
@@ -121,6 +145,13 @@ const TABLES: &[&str] = &[
         at BIGINT NOT NULL,
         note TEXT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS audit_cosignatures (
+        size BIGINT NOT NULL,
+        witness TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (size, witness)
+    )",
     "CREATE TABLE IF NOT EXISTS audit_head (
         id BIGINT PRIMARY KEY CHECK (id = 1),
         size BIGINT NOT NULL,
@@ -145,6 +176,10 @@ const SQLITE_GUARDS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END",
     "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
         BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_cosignatures_no_update BEFORE UPDATE ON audit_cosignatures
+        BEGIN SELECT RAISE(ABORT, 'audit_cosignatures is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_cosignatures_no_delete BEFORE DELETE ON audit_cosignatures
+        BEGIN SELECT RAISE(ABORT, 'audit_cosignatures is append-only'); END",
 ];
 
 const POSTGRES_GUARDS: &[&str] = &[
@@ -161,6 +196,10 @@ const POSTGRES_GUARDS: &[&str] = &[
     "CREATE OR REPLACE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
         FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
     "CREATE OR REPLACE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
+    "CREATE OR REPLACE TRIGGER audit_cosignatures_append_only BEFORE UPDATE OR DELETE ON audit_cosignatures
+        FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+    "CREATE OR REPLACE TRIGGER audit_cosignatures_no_truncate BEFORE TRUNCATE ON audit_cosignatures
         FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
 ];
 
@@ -314,6 +353,52 @@ impl AuditStore {
         Ok(seq)
     }
 
+    /// Records `events` inside the caller's open transaction on the same database, so
+    /// that they commit or roll back with the action they record: an action whose
+    /// entries cannot be written does not happen. Returns their sequence numbers.
+    ///
+    /// The head row is locked until the caller's transaction ends, serialising it
+    /// with every other append; keep such transactions short. On SQLite, begin the
+    /// transaction with `BEGIN IMMEDIATE` if it reads before its first write, or the
+    /// upgrade to a write lock can fail at once with "database is locked".
+    pub async fn append_within(
+        conn: &mut AnyConnection,
+        events: Vec<(Timestamp, AuditEvent)>,
+    ) -> Result<Vec<u64>, Error> {
+        let mut head = lock_head_in(conn).await?;
+        let mut seqs = Vec::with_capacity(events.len());
+        for (now, event) in events {
+            seqs.push(append_in(conn, &mut head, now, event).await?);
+        }
+        Ok(seqs)
+    }
+
+    /// Entries matching `filter`, in sequence order: the one read path for listing the
+    /// log (the admin API and CLI read the log itself, which [`AuditStore::verify`]
+    /// covers, not a copy).
+    pub async fn query(&self, filter: &EntryFilter) -> Result<Vec<StoredEntry>, Error> {
+        // Every filter is bound; NULL means "any".
+        let q = format!(
+            "SELECT {ENTRY_COLS} FROM audit_log \
+             WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
+               AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR patient = $4) \
+               AND ($5 IS NULL OR outcome = $5) AND seq >= $6 \
+             ORDER BY seq LIMIT $7"
+        );
+        let rows = sqlx::query(&q)
+            .bind(filter.actor.as_deref())
+            .bind(filter.action.as_deref())
+            .bind(filter.target.as_deref())
+            .bind(filter.patient.as_deref())
+            .bind(filter.outcome.map(|o| o.as_str()))
+            .bind(to_i64(filter.from)?)
+            .bind(to_i64(filter.limit.clamp(1, MAX_QUERY))?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(entry_from).collect()
+    }
+
     /// The frontier at `size`, read from the node table: what an operator keeps when
     /// archiving the entries below `size` (docs/operations.md), and what
     /// [`AuditStore::verify`] starts from afterwards.
@@ -389,6 +474,106 @@ impl AuditStore {
             SignedCheckpoint::from_note(&note, key)
         })
         .transpose()
+    }
+
+    /// The stored note of the checkpoint at `size`, checked under `key`.
+    pub async fn checkpoint_at(
+        &self,
+        key: &LogPublicKey,
+        size: u64,
+    ) -> Result<Option<SignedCheckpoint>, Error> {
+        let row = sqlx::query("SELECT note FROM audit_checkpoints WHERE size = $1")
+            .bind(to_i64(size)?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            let note: String = r.try_get(0).map_err(db)?;
+            SignedCheckpoint::from_note(&note, key)
+        })
+        .transpose()
+    }
+
+    /// Stores witness cosignatures of the checkpoint at `size`. The caller has
+    /// verified each under a witness key it trusts (see [`crate::open_cosigned`]); a
+    /// witness's second cosignature of the same checkpoint is ignored.
+    pub async fn add_cosignatures(
+        &self,
+        size: u64,
+        cosigs: &[Cosignature],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        for c in cosigs {
+            sqlx::query(
+                "INSERT INTO audit_cosignatures (size, witness, at, line) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (size, witness) DO NOTHING",
+            )
+            .bind(to_i64(size)?)
+            .bind(c.name.as_str())
+            .bind(now.unix_millis())
+            .bind(c.to_line())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint note at `size` (default: the latest) followed by every stored
+    /// cosignature line of it: what `GET /api/audit/checkpoint` serves. Lines are
+    /// unverified here; readers check the ones they trust ([`crate::open_cosigned`]).
+    pub async fn cosigned_note(
+        &self,
+        key: &LogPublicKey,
+        size: Option<u64>,
+    ) -> Result<Option<String>, Error> {
+        let cp = match size {
+            Some(n) => self.checkpoint_at(key, n).await?,
+            None => self.latest_checkpoint(key).await?,
+        };
+        let Some(cp) = cp else { return Ok(None) };
+        let mut note = cp.to_note(key);
+        let rows =
+            sqlx::query("SELECT line FROM audit_cosignatures WHERE size = $1 ORDER BY witness")
+                .bind(to_i64(cp.checkpoint.size)?)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        for r in rows {
+            let line: String = r.try_get(0).map_err(db)?;
+            // Only well-formed lines: a row edited into something else must not make
+            // the whole note unparseable for everyone.
+            if matches!(Cosignature::parse_line(&line), Ok(Some(_))) {
+                note.push_str(line.trim_end());
+                note.push('\n');
+            }
+        }
+        Ok(Some(note))
+    }
+
+    /// The latest stored checkpoint that carries a valid cosignature by every one of
+    /// `witnesses`, with those cosignatures.
+    pub async fn latest_witnessed(
+        &self,
+        key: &LogPublicKey,
+        witnesses: &[WitnessPublicKey],
+    ) -> Result<Option<(SignedCheckpoint, Vec<Cosignature>)>, Error> {
+        let rows = sqlx::query("SELECT DISTINCT size FROM audit_cosignatures ORDER BY size DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        for r in rows {
+            let size = to_u64(r.try_get::<i64, _>(0).map_err(db)?, "cosigned size")?;
+            let Some(note) = self.cosigned_note(key, Some(size)).await? else {
+                continue;
+            };
+            match open_cosigned(&note, key, witnesses) {
+                Ok(found) => return Ok(Some(found)),
+                Err(Error::Unwitnessed { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Up to `limit` entries with `seq >= from`, in sequence order.
@@ -513,9 +698,9 @@ impl AuditStore {
             }));
         }
         if head_size > report.size {
-            return Err(Error::Tampered(Finding::Truncated {
+            return Err(Error::Tampered(Finding::HeadAhead {
                 seq: report.size,
-                checkpoint_size: head_size,
+                head_size,
             }));
         }
         Ok(report)
@@ -646,25 +831,29 @@ fn missing_node(e: Error) -> Error {
 
 async fn lock_head(pool: &AnyPool) -> Result<(Transaction<'static, Any>, Head), Error> {
     let mut tx = pool.begin().await.map_err(db)?;
+    let head = lock_head_in(&mut tx).await?;
+    Ok((tx, head))
+}
+
+async fn lock_head_in(conn: &mut AnyConnection) -> Result<Head, Error> {
     // Writing first takes the lock before anything is read, so two appenders can
     // never both read the same head (SQLite would otherwise fail one with BUSY on
     // upgrade; PostgreSQL would number two entries alike).
     sqlx::query("UPDATE audit_head SET size = size WHERE id = 1")
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
     let r = sqlx::query(
         "SELECT size, frontier, signed_size, unsigned_since FROM audit_head WHERE id = 1",
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await
     .map_err(db)?;
-    let head = head_from(&r)?;
-    Ok((tx, head))
+    head_from(&r)
 }
 
 async fn append_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut AnyConnection,
     head: &mut Head,
     now: Timestamp,
     event: AuditEvent,
@@ -691,7 +880,7 @@ async fn append_in(
         .bind(entry.priority().as_str())
         .bind(entry.detail())
         .bind(leaf.to_hex())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
     for (id, h) in &nodes {
@@ -699,7 +888,7 @@ async fn append_in(
             .bind(i64::from(id.level))
             .bind(to_i64(id.index)?)
             .bind(h.to_hex())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
     }
@@ -710,7 +899,7 @@ async fn append_in(
         .bind(to_i64(head.size)?)
         .bind(frontier_text(&head.frontier))
         .bind(since.unix_millis())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
     Ok(seq)

@@ -374,12 +374,20 @@ async fn deleted_tail_is_reported(db: &Db) {
         .unwrap();
     db.exec("DELETE FROM audit_checkpoints WHERE size > 256")
         .await;
+    // No checkpoint covers entry 299 any more: the finding names the stored size, and
+    // says so, rather than a checkpoint of that size.
+    let err = verify(&w).await.unwrap_err();
     assert_eq!(
-        verify(&w).await.unwrap_err().finding(),
-        Some(&Finding::Truncated {
+        err.finding(),
+        Some(&Finding::HeadAhead {
             seq: 290,
-            checkpoint_size: 300
+            head_size: 300
         })
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("stored log size is 300") && !text.contains("checkpoint"),
+        "{text}"
     );
     db.exec("UPDATE audit_head SET size = 290").await;
     let err = w

@@ -7,7 +7,7 @@ use thiserror::Error;
 /// Variants fall in two groups, and [`Error::is_from_peer`] tells them apart:
 ///
 /// * **Peer or network input** (`Malformed`, `UnknownKey`, `Authentication`, `Replay`,
-///   `BadSignature`, `WrongConsultation`, `UnsupportedSuite`, `StaleKey`): bytes that came
+///   `BadSignature`, `UnsupportedSuite`, `StaleKey`): bytes that came
 ///   from the network were wrong or forged. Drop the input, count it, carry on. These are
 ///   never a bug in the calling code, and a relay can cause them at will.
 /// * **API misuse** (`InvalidArgument`, `CounterExhausted`): the caller asked for
@@ -39,24 +39,21 @@ pub enum Error {
         /// CTR of the rejected frame.
         ctr: u64,
     },
-    /// An Ed25519 signature (on a key offer) did not verify, or a public key is weak.
+    /// An Ed25519 public key is not a canonical point, or is weak (small order).
     #[error("signature check failed")]
     BadSignature,
-    /// A key offer is bound to a different consultation than ours.
-    #[error("key offer is bound to another consultation")]
-    WrongConsultation,
     /// A cipher suite id we do not implement.
     #[error("unsupported cipher suite 0x{0:04x}")]
     UnsupportedSuite(u16),
-    /// A sender key of a generation that has already been superseded was offered again
-    /// (for example a replayed sealed-key message after the sender rotated).
+    /// A sender key of a generation that has already been superseded was installed
+    /// again (for example a replayed key delivery after the sender rotated).
     #[error("sender key generation {generation} is superseded")]
     StaleKey {
         /// The superseded generation.
         generation: u64,
     },
-    /// The caller passed an argument this crate refuses (empty consultation id, a frame
-    /// too short for its codec's clear prefix, a message too long, ...).
+    /// The caller passed an argument this crate refuses (a frame too short for its
+    /// codec's clear prefix, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
     /// The frame counter of a sender key is used up; rotate the key. Unreachable in

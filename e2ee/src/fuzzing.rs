@@ -7,7 +7,6 @@ use alloc::vec::Vec;
 use crate::header::SframeHeader;
 use crate::media::{Codec, FrameDecryptor};
 use crate::sender_key::ReceivedSenderKey;
-use crate::session::KeyOffer;
 use crate::suite::CipherSuite;
 
 /// Parse `data` as an SFrame header; a parsed header must re-encode to the same bytes.
@@ -49,14 +48,5 @@ pub fn frame_decrypt(data: &[u8]) {
             info.header.is_none() || suite.tag_len() < 16,
             "fuzzer forged a 128-bit tag"
         );
-    }
-}
-
-/// Parse `data` as a key offer; a parsed offer must re-encode to the same bytes, and
-/// verification must not panic.
-pub fn key_offer(data: &[u8]) {
-    if let Ok(offer) = KeyOffer::from_bytes(data) {
-        assert_eq!(offer.to_bytes(), data);
-        let _ = offer.verify();
     }
 }

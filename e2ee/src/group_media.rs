@@ -22,10 +22,9 @@ use core::fmt;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::header::{MAX_HEADER_LEN, SframeHeader};
-use crate::media::{Codec, MAX_AAD, ReplayWindow, build_aad};
+use crate::media::{Codec, ReplayWindow, SealedFrame, prefix_to_seal, seal_into};
 use crate::sframe::SframeKey;
-use crate::suite::{CipherSuite, MAX_TAG_LEN};
+use crate::suite::CipherSuite;
 
 /// `E` of RFC 9605 section 5.2: low bits of the MLS epoch carried in the KID.
 pub const EPOCH_BITS: u32 = 4;
@@ -159,29 +158,10 @@ impl GroupFrameEncryptor {
         if frame.is_empty() {
             return Ok(());
         }
-        let p = codec.clear_prefix_len(frame);
-        if frame.len() < p {
-            return Err(Error::InvalidArgument(
-                "frame shorter than its codec's clear prefix",
-            ));
-        }
+        let p = prefix_to_seal(codec, frame)?;
         let ctr = self.ctr;
         self.ctr = ctr.checked_add(1).ok_or(Error::CounterExhausted)?;
-        let mut hbuf = [0u8; MAX_HEADER_LEN];
-        let hlen = SframeHeader::new(self.sframe.kid(), ctr).encode(&mut hbuf);
-        let mut abuf = [0u8; MAX_AAD];
-        let aad = build_aad(&mut abuf, &hbuf[..hlen], &frame[..p]);
-        let tag_len = self.sframe.tag_len();
-        out.reserve(frame.len() + hlen + tag_len);
-        out.extend_from_slice(&frame[..p]);
-        out.extend_from_slice(&hbuf[..hlen]);
-        let start = out.len();
-        out.extend_from_slice(&frame[p..]);
-        let mut tag = [0u8; MAX_TAG_LEN];
-        self.sframe
-            .seal_in_place(ctr, aad, &mut out[start..], &mut tag)?;
-        out.extend_from_slice(&tag[..tag_len]);
-        Ok(())
+        seal_into(&self.sframe, self.sframe.kid(), ctr, frame, p, out)
     }
 }
 
@@ -317,13 +297,8 @@ impl GroupFrameDecryptor {
     }
 
     fn decrypt_in_place(&mut self, codec: Codec, frame: &mut Vec<u8>) -> Result<GroupFrameInfo> {
-        let p = codec.clear_prefix_len(frame);
-        if frame.len() < p {
-            return Err(Error::Malformed(
-                "frame shorter than its codec's clear prefix",
-            ));
-        }
-        let (header, hlen) = SframeHeader::decode(&frame[p..])?;
+        let sealed = SealedFrame::parse(codec, frame)?;
+        let header = sealed.header;
         let (sender_index, low) = split_group_kid(header.kid)?;
         let suite = self.suite;
         let epoch_keys = self
@@ -348,34 +323,11 @@ impl GroupFrameDecryptor {
             }
         };
         let state = &mut epoch_keys.senders[slot];
-        let tag_len = state.sframe.tag_len();
-        let body_start = p + hlen;
-        let ct_end = frame
-            .len()
-            .checked_sub(tag_len)
-            .filter(|&end| end >= body_start)
-            .ok_or(Error::Malformed("frame shorter than its tag"))?;
-        if !state.replay.check(header.ctr) {
-            return Err(Error::Replay {
-                kid: header.kid,
-                ctr: header.ctr,
-            });
-        }
-        let mut abuf = [0u8; MAX_AAD];
-        let aad = build_aad(&mut abuf, &frame[p..body_start], &frame[..p]);
-        let mut tag = [0u8; MAX_TAG_LEN];
-        tag[..tag_len].copy_from_slice(&frame[ct_end..]);
-        state.sframe.open_in_place(
-            header.ctr,
-            aad,
-            &mut frame[body_start..ct_end],
-            &tag[..tag_len],
-        )?;
+        let ct_end = sealed.open_in_place(&state.sframe, &state.replay, frame)?;
         state.replay.accept(header.ctr);
         let first_frame_of_key = !state.used;
         state.used = true;
-        frame.truncate(ct_end);
-        frame.drain(p..body_start);
+        sealed.strip(frame, ct_end);
         Ok(GroupFrameInfo {
             sender_index,
             epoch,
@@ -387,6 +339,7 @@ impl GroupFrameDecryptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header::{MAX_HEADER_LEN, SframeHeader};
     use alloc::vec;
 
     fn secret(epoch: u64, byte: u8) -> EpochSecret {

@@ -3,7 +3,7 @@
 use core::cmp::Ordering;
 use core::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
@@ -51,10 +51,6 @@ impl IdentityKeyPair {
     pub fn public_key(&self) -> IdentityPublicKey {
         IdentityPublicKey(self.signing.verifying_key())
     }
-
-    pub(crate) fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.signing.sign(msg).to_bytes()
-    }
 }
 
 /// An Ed25519 identity public key.
@@ -100,13 +96,5 @@ impl IdentityPublicKey {
     #[must_use]
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
-    }
-
-    /// Strict verification (no malleable signatures, no small-order keys).
-    pub(crate) fn verify(&self, msg: &[u8], sig: &[u8; 64]) -> Result<()> {
-        let sig = Signature::from_bytes(sig);
-        self.0
-            .verify_strict(msg, &sig)
-            .map_err(|_| Error::BadSignature)
     }
 }

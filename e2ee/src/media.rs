@@ -86,6 +86,106 @@ pub(crate) fn build_aad<'a>(buf: &'a mut [u8; MAX_AAD], header: &[u8], prefix: &
     &buf[..header.len() + prefix.len()]
 }
 
+/// The clear prefix length of a frame about to be sealed. A frame shorter than its
+/// codec's prefix is the caller's mistake (not a valid frame of that codec).
+pub(crate) fn prefix_to_seal(codec: Codec, frame: &[u8]) -> Result<usize> {
+    let p = codec.clear_prefix_len(frame);
+    if frame.len() < p {
+        return Err(Error::InvalidArgument(
+            "frame shorter than its codec's clear prefix",
+        ));
+    }
+    Ok(p)
+}
+
+/// Seal `frame` (its first `p` bytes stay clear) under `sframe` as KID `kid`, counter
+/// `ctr`, appending clear prefix || SFrame header || ciphertext || tag to `out`.
+pub(crate) fn seal_into(
+    sframe: &SframeKey,
+    kid: u64,
+    ctr: u64,
+    frame: &[u8],
+    p: usize,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let mut hbuf = [0u8; MAX_HEADER_LEN];
+    let hlen = SframeHeader::new(kid, ctr).encode(&mut hbuf);
+    let mut abuf = [0u8; MAX_AAD];
+    let aad = build_aad(&mut abuf, &hbuf[..hlen], &frame[..p]);
+    let tag_len = sframe.tag_len();
+    out.reserve(frame.len() + hlen + tag_len);
+    out.extend_from_slice(&frame[..p]);
+    out.extend_from_slice(&hbuf[..hlen]);
+    let start = out.len();
+    out.extend_from_slice(&frame[p..]);
+    let mut tag = [0u8; MAX_TAG_LEN];
+    sframe.seal_in_place(ctr, aad, &mut out[start..], &mut tag)?;
+    out.extend_from_slice(&tag[..tag_len]);
+    Ok(())
+}
+
+/// A received frame's layout: clear prefix `..p`, then the SFrame header (`hlen` bytes),
+/// ciphertext and tag. Frames come from the network, so every error is a peer error.
+pub(crate) struct SealedFrame {
+    pub(crate) header: SframeHeader,
+    p: usize,
+    hlen: usize,
+}
+
+impl SealedFrame {
+    pub(crate) fn parse(codec: Codec, frame: &[u8]) -> Result<Self> {
+        let p = codec.clear_prefix_len(frame);
+        if frame.len() < p {
+            return Err(Error::Malformed(
+                "frame shorter than its codec's clear prefix",
+            ));
+        }
+        let (header, hlen) = SframeHeader::decode(&frame[p..])?;
+        Ok(Self { header, p, hlen })
+    }
+
+    /// Open the ciphertext in place under `sframe`, refusing a counter `replay` has seen.
+    /// The caller accepts the counter in its window once it commits its own state.
+    /// Returns where the ciphertext ends (the tag starts), for [`Self::strip`].
+    pub(crate) fn open_in_place(
+        &self,
+        sframe: &SframeKey,
+        replay: &ReplayWindow,
+        frame: &mut [u8],
+    ) -> Result<usize> {
+        let tag_len = sframe.tag_len();
+        let body_start = self.p + self.hlen;
+        let ct_end = frame
+            .len()
+            .checked_sub(tag_len)
+            .filter(|&end| end >= body_start)
+            .ok_or(Error::Malformed("frame shorter than its tag"))?;
+        if !replay.check(self.header.ctr) {
+            return Err(Error::Replay {
+                kid: self.header.kid,
+                ctr: self.header.ctr,
+            });
+        }
+        let mut abuf = [0u8; MAX_AAD];
+        let aad = build_aad(&mut abuf, &frame[self.p..body_start], &frame[..self.p]);
+        let mut tag = [0u8; MAX_TAG_LEN];
+        tag[..tag_len].copy_from_slice(&frame[ct_end..]);
+        sframe.open_in_place(
+            self.header.ctr,
+            aad,
+            &mut frame[body_start..ct_end],
+            &tag[..tag_len],
+        )?;
+        Ok(ct_end)
+    }
+
+    /// Cut the header and tag out of an opened frame: clear prefix || plaintext remain.
+    pub(crate) fn strip(&self, frame: &mut Vec<u8>, ct_end: usize) {
+        frame.truncate(ct_end);
+        frame.drain(self.p..self.p + self.hlen);
+    }
+}
+
 /// Encrypts our outgoing frames. Owns our [`SenderKey`] and its frame counter, so a key
 /// can never be used by two counters.
 pub struct FrameEncryptor {
@@ -114,7 +214,7 @@ impl FrameEncryptor {
         })
     }
 
-    /// The current sender key (to seal it to peers).
+    /// The current sender key (receivers install its [`SenderKey::to_received`]).
     #[must_use]
     pub fn sender_key(&self) -> &SenderKey {
         &self.key
@@ -126,7 +226,7 @@ impl FrameEncryptor {
         self.key.kid()
     }
 
-    /// Ratchet the key forward (someone joined). Seal [`Self::sender_key`] to the joiner
+    /// Ratchet the key forward (someone joined). Give the joiner [`Self::sender_key`]
     /// afterwards; existing receivers follow the ratchet by themselves.
     pub fn ratchet(&mut self) -> Result<()> {
         self.key.ratchet()?;
@@ -135,7 +235,7 @@ impl FrameEncryptor {
         Ok(())
     }
 
-    /// Switch to a fresh random key of the next generation (someone left). Seal
+    /// Switch to a fresh random key of the next generation (someone left). Give
     /// [`Self::sender_key`] to every remaining peer afterwards.
     pub fn rotate<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<()> {
         let next = self.key.next_generation(rng)?;
@@ -162,28 +262,9 @@ impl FrameEncryptor {
         if frame.is_empty() {
             return Ok(());
         }
-        let p = codec.clear_prefix_len(frame);
-        if frame.len() < p {
-            return Err(Error::InvalidArgument(
-                "frame shorter than its codec's clear prefix",
-            ));
-        }
+        let p = prefix_to_seal(codec, frame)?;
         let ctr = self.next_ctr()?;
-        let mut hbuf = [0u8; MAX_HEADER_LEN];
-        let hlen = SframeHeader::new(self.key.kid(), ctr).encode(&mut hbuf);
-        let mut abuf = [0u8; MAX_AAD];
-        let aad = build_aad(&mut abuf, &hbuf[..hlen], &frame[..p]);
-        let tag_len = self.sframe.tag_len();
-        out.reserve(frame.len() + hlen + tag_len);
-        out.extend_from_slice(&frame[..p]);
-        out.extend_from_slice(&hbuf[..hlen]);
-        let start = out.len();
-        out.extend_from_slice(&frame[p..]);
-        let mut tag = [0u8; MAX_TAG_LEN];
-        self.sframe
-            .seal_in_place(ctr, aad, &mut out[start..], &mut tag)?;
-        out.extend_from_slice(&tag[..tag_len]);
-        Ok(())
+        seal_into(&self.sframe, self.key.kid(), ctr, frame, p, out)
     }
 
     /// Encrypt `frame` in place (same rules as [`Self::encrypt`]). Inserting the header
@@ -192,12 +273,7 @@ impl FrameEncryptor {
         if frame.is_empty() {
             return Ok(());
         }
-        let p = codec.clear_prefix_len(frame);
-        if frame.len() < p {
-            return Err(Error::InvalidArgument(
-                "frame shorter than its codec's clear prefix",
-            ));
-        }
+        let p = prefix_to_seal(codec, frame)?;
         let ctr = self.next_ctr()?;
         let mut hbuf = [0u8; MAX_HEADER_LEN];
         let hlen = SframeHeader::new(self.key.kid(), ctr).encode(&mut hbuf);
@@ -448,41 +524,14 @@ impl FrameDecryptor {
                 first_frame_of_key: false,
             });
         }
-        let p = codec.clear_prefix_len(frame);
-        if frame.len() < p {
-            return Err(Error::Malformed(
-                "frame shorter than its codec's clear prefix",
-            ));
-        }
-        let (header, hlen) = SframeHeader::decode(&frame[p..])?;
+        let sealed = SealedFrame::parse(codec, frame)?;
+        let header = sealed.header;
         let slot = self.find(header.kid)?;
         let entry = match &slot {
             Slot::Existing(i) => &self.entries[*i],
             Slot::Ratcheted(e) => e,
         };
-        let tag_len = entry.sframe.tag_len();
-        let body_start = p + hlen;
-        let ct_end = frame
-            .len()
-            .checked_sub(tag_len)
-            .filter(|&end| end >= body_start)
-            .ok_or(Error::Malformed("frame shorter than its tag"))?;
-        if !entry.replay.check(header.ctr) {
-            return Err(Error::Replay {
-                kid: header.kid,
-                ctr: header.ctr,
-            });
-        }
-        let mut abuf = [0u8; MAX_AAD];
-        let aad = build_aad(&mut abuf, &frame[p..body_start], &frame[..p]);
-        let mut tag = [0u8; MAX_TAG_LEN];
-        tag[..tag_len].copy_from_slice(&frame[ct_end..]);
-        entry.sframe.open_in_place(
-            header.ctr,
-            aad,
-            &mut frame[body_start..ct_end],
-            &tag[..tag_len],
-        )?;
+        let ct_end = sealed.open_in_place(&entry.sframe, &entry.replay, frame)?;
 
         // Authenticated: commit state.
         let idx = match slot {
@@ -501,8 +550,7 @@ impl FrameDecryptor {
         if generation > self.floor {
             self.retire_generations_before(generation);
         }
-        frame.truncate(ct_end);
-        frame.drain(p..body_start);
+        sealed.strip(frame, ct_end);
         Ok(FrameInfo {
             header: Some(header),
             first_frame_of_key,

@@ -9,7 +9,6 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::message::{MessageKey, OpenedMessage};
 use crate::sframe::ratchet_base_key;
 use crate::suite::CipherSuite;
 
@@ -112,18 +111,16 @@ impl SenderKey {
         self.step
     }
 
-    /// The key for chat messages sent under this sender key (its own HKDF labels).
-    #[must_use]
-    pub fn message_key(&self) -> MessageKey {
-        MessageKey::from_sender_base(self.suite, self.kid(), &self.base_key)
-    }
-
     pub(crate) fn base_key(&self) -> &[u8] {
         &self.base_key
     }
 
-    /// What a receiver gets once this key is opened from a sealed message.
-    pub(crate) fn to_received(&self) -> ReceivedSenderKey {
+    /// The decrypt-only copy of this key that receivers install. This crate does not
+    /// carry it to them: deliver it over an end-to-end channel of your own (Confide's
+    /// consultations derive their frame keys from MLS instead, see
+    /// [`crate::group_media`]).
+    #[must_use]
+    pub fn to_received(&self) -> ReceivedSenderKey {
         ReceivedSenderKey {
             suite: self.suite,
             kid: self.kid(),
@@ -171,61 +168,7 @@ impl ReceivedSenderKey {
         split_kid(self.kid).0
     }
 
-    /// The key for opening the sender's chat messages under this key.
-    #[must_use]
-    pub fn message_key(&self) -> MessageKey {
-        MessageKey::from_sender_base(self.suite, self.kid, &self.base_key)
-    }
-
-    /// Open a group message the sender sealed under this key or under a later ratchet
-    /// step of the same generation (the sender ratchets on every join, and receivers do
-    /// not get a new sealed key for that). Messages from before this key, or from another
-    /// generation, fail with [`Error::UnknownKey`].
-    pub fn open_message(&self, sealed: &[u8]) -> Result<OpenedMessage> {
-        let kid = MessageKey::peek_key_id(sealed)?;
-        let (generation, step) = split_kid(kid);
-        let (own_generation, own_step) = split_kid(self.kid);
-        if generation != own_generation {
-            return Err(Error::UnknownKey { kid });
-        }
-        // Steps ahead within this generation (0 = this key). Wraps modulo 2^R like KIDs.
-        let ahead = (step + (1 << RATCHET_BITS) - own_step) & RATCHET_MASK;
-        let mut base_key = self.base_key.clone();
-        for _ in 0..ahead {
-            base_key = ratchet_base_key(self.suite, &base_key);
-        }
-        MessageKey::from_sender_base(self.suite, kid, &base_key).open(sealed)
-    }
-
     pub(crate) fn same_key(&self, suite: CipherSuite, base_key: &[u8]) -> bool {
         self.suite == suite && bool::from(self.base_key.as_slice().ct_eq(base_key))
-    }
-
-    /// Wire form inside a sealed message: suite(2) || kid(8) || len(1) || base_key.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.suite.id().to_be_bytes());
-        out.extend_from_slice(&self.kid.to_be_bytes());
-        // Base keys are Nh (32 or 64) bytes, far below 256.
-        out.push(self.base_key.len() as u8);
-        out.extend_from_slice(&self.base_key);
-    }
-
-    pub(crate) fn decode(buf: &[u8]) -> Result<Self> {
-        if buf.len() < 11 {
-            return Err(Error::Malformed("sender key too short"));
-        }
-        let suite = CipherSuite::from_id(u16::from_be_bytes([buf[0], buf[1]]))?;
-        let mut kid = [0u8; 8];
-        kid.copy_from_slice(&buf[2..10]);
-        let len = usize::from(buf[10]);
-        let key = &buf[11..];
-        if key.len() != len || !(16..=64).contains(&len) {
-            return Err(Error::Malformed("sender key length"));
-        }
-        Ok(Self {
-            suite,
-            kid: u64::from_be_bytes(kid),
-            base_key: Zeroizing::new(key.to_vec()),
-        })
     }
 }

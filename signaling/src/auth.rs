@@ -230,6 +230,17 @@ pub struct Session {
     pub revoked: bool,
 }
 
+impl Session {
+    /// Who this session is, for [`crate::policy`].
+    pub fn subject(&self) -> crate::policy::Subject<'_> {
+        crate::policy::Subject {
+            principal: &self.principal,
+            role: self.role,
+            scope: self.scope,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionProblem {
     #[error("revoked")]

@@ -61,10 +61,6 @@ pub enum MediaEvent {
         participant: MediaParticipantId,
         sdp: String,
     },
-    KeyframeNeeded {
-        room: MediaRoomId,
-        participant: MediaParticipantId,
-    },
     /// A trickled ICE candidate for the participant. The SFU is ICE-lite and puts its
     /// candidate in the SDP, so only the peer-to-peer stand-in emits this.
     Candidate {

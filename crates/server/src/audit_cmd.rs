@@ -17,7 +17,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use confide_audit::store::{AuditStore, AuditWriter};
 use confide_audit::{
-    CheckpointPolicy, LogPublicKey, LogSigningKey, SignedCheckpoint, Timestamp, check_package,
+    CheckpointPolicy, LogPublicKey, LogSigningKey, SignedCheckpoint, Timestamp, WitnessPublicKey,
+    check_package, open_cosigned,
 };
 use confide_signaling::http::CheckpointSigner;
 use confide_signaling::model::AccountId;
@@ -41,6 +42,10 @@ pub enum AuditCmd {
         /// A checkpoint note kept outside the database (repeatable).
         #[arg(long = "checkpoint")]
         checkpoints: Vec<PathBuf>,
+        /// A witness's verifier key (`name+id+base64`, repeatable): require a checkpoint
+        /// of the verified log that carries a valid cosignature by each.
+        #[arg(long = "witness-key")]
+        witness_keys: Vec<String>,
     },
     /// Write an auditor package (JSON lines) for entries FROM..TO.
     Export {
@@ -85,9 +90,35 @@ pub enum AuditCmd {
     Key,
     /// Sign a checkpoint now if any entry is unsigned.
     Checkpoint,
+    /// Run a witness (its own data directory, normally on another host): fetch each
+    /// checkpoint from SERVER, check it extends the last one cosigned, cosign it and
+    /// post the cosignature back. Exits with status 3 if the log rewrote history.
+    Witness {
+        /// Base URL of the server, `https://host:port`.
+        #[arg(long)]
+        server: Option<String>,
+        /// The log's verifier key (`confide audit key` on the server); pinned on first run.
+        #[arg(long)]
+        log_key: Option<String>,
+        /// Name of the witness key created on first run.
+        #[arg(long, default_value = crate::witness::DEFAULT_NAME)]
+        name: String,
+        /// PEM certificate to trust for SERVER instead of the system roots.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Seconds between checks.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+        /// Check once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print this witness's verifier key (for the server's witness list) and exit.
+        #[arg(long)]
+        print_key: bool,
+    },
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let t = confide_signaling::http::now();
     // The wall clock is after 1970 and before 10000 on any machine that runs this.
     Timestamp::from_unix_millis(t.0)
@@ -283,10 +314,41 @@ pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AuditCmd::Witness {
+            server,
+            log_key,
+            name,
+            ca_cert,
+            interval,
+            once,
+            print_key,
+        } => {
+            if print_key {
+                let key = crate::witness::witness_key(&cfg.data_dir, &name)?;
+                println!("{}", key.public_key().to_vkey());
+                return Ok(());
+            }
+            crate::witness::run(crate::witness::WitnessOpts {
+                dir: cfg.data_dir.clone(),
+                server: server.context("--server is required")?,
+                log_key,
+                name,
+                ca_cert,
+                interval: Duration::from_secs(interval.max(1)),
+                once,
+            })
+            .await
+        }
         AuditCmd::Verify {
             archived_below,
             checkpoints,
+            witness_keys,
         } => {
+            let witnesses = witness_keys
+                .iter()
+                .map(|k| WitnessPublicKey::from_vkey(k))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--witness-key")?;
             let w = writer(&cfg).await?;
             let key = w.public_key();
             let extra = checkpoints
@@ -312,6 +374,28 @@ pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
                 println!(
                     "{} newest entries are not yet covered by a checkpoint",
                     r.unsigned_tail
+                );
+            }
+            if !witnesses.is_empty() {
+                let names = || {
+                    witnesses
+                        .iter()
+                        .map(|w| w.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let (cp, _) = w
+                    .store()
+                    .latest_witnessed(&key, &witnesses)
+                    .await?
+                    .with_context(|| {
+                        format!("no checkpoint carries a valid cosignature by {}", names())
+                    })?;
+                println!(
+                    "witnessed by {} up to size {}; {} newer entries not yet witnessed",
+                    names(),
+                    cp.checkpoint.size,
+                    r.size.saturating_sub(cp.checkpoint.size)
                 );
             }
             Ok(())
@@ -422,17 +506,22 @@ pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
     }
 }
 
-/// Read-only HTTPS routes that publish the log's state, as Certificate Transparency
-/// logs do: `GET /api/audit/checkpoint` (the latest signed checkpoint, as a signed note),
-/// `GET /api/audit/key` (the log's public key, as a verifier key line) and
+/// HTTPS routes that publish the log's state, as Certificate Transparency logs do:
+/// `GET /api/audit/checkpoint[?size=N]` (the latest signed checkpoint, or the one of
+/// size N, as a signed note followed by the witnesses' cosignature lines),
+/// `GET /api/audit/key` (the log's public key, as a verifier key line),
 /// `GET /api/audit/consistency?from=A&to=B` (the RFC 6962 proof that the tree of A
-/// entries is a prefix of the tree of B entries).
+/// entries is a prefix of the tree of B entries), and
+/// `POST /api/audit/cosignature`, where a witness listed in the witness file posts a
+/// checkpoint note carrying its cosignature.
 ///
 /// They are public on purpose. A checkpoint reveals only the number of entries, a root
 /// hash and a time, never an entry; anyone who keeps the checkpoints they fetched can
 /// later demand a consistency proof, so a server that rewrote its history would have
 /// to show two different trees to two parties, and comparing notes exposes that. A
-/// consistency proof is made of interior node hashes: it reveals no entry either.
+/// consistency proof is made of interior node hashes: it reveals no entry either. A
+/// posted cosignature is stored only if it verifies under a listed witness key and
+/// signs a checkpoint the log really signed.
 /// Entries and their inclusion proofs are served only by the key directory, to those
 /// entitled to the entries (they can be about patients).
 pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
@@ -450,6 +539,8 @@ pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
         .context("opening the audit log")?;
     let proofs = store.clone();
     let state = Arc::new((store, public));
+    let cosign_state = state.clone();
+    let witnesses_file = witnesses_path(cfg);
     let text = |body: String| ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body);
     Ok(axum::Router::new()
         .route(
@@ -461,15 +552,15 @@ pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
         )
         .route(
             "/api/audit/checkpoint",
-            get(move || {
+            get(move |q: axum::extract::Query<CheckpointQuery>| {
                 let state = state.clone();
                 async move {
                     let (store, public) = &*state;
-                    match store.latest_checkpoint(public).await {
-                        Ok(Some(cp)) => text(cp.to_note(public)).into_response(),
+                    match store.cosigned_note(public, q.0.size).await {
+                        Ok(Some(note)) => text(note).into_response(),
                         Ok(None) => (
                             StatusCode::NOT_FOUND,
-                            text("no checkpoint has been signed yet\n".into()),
+                            text("no such checkpoint has been signed\n".into()),
                         )
                             .into_response(),
                         Err(e) => {
@@ -492,7 +583,100 @@ pub async fn routes(cfg: &Config) -> anyhow::Result<axum::Router> {
                 let store = proofs.clone();
                 async move { consistency(&store, q.0).await }
             }),
+        )
+        .route(
+            "/api/audit/cosignature",
+            axum::routing::post(move |body: String| {
+                let state = cosign_state.clone();
+                let file = witnesses_file.clone();
+                async move {
+                    let (store, public) = &*state;
+                    accept_cosignature(store, public, &file, &body).await
+                }
+            })
+            // A cosigned note is a few hundred bytes.
+            .layer(axum::extract::DefaultBodyLimit::max(
+                confide_audit::MAX_NOTE_BYTES,
+            )),
         ))
+}
+
+#[derive(serde::Deserialize)]
+pub struct CheckpointQuery {
+    size: Option<u64>,
+}
+
+/// The file listing the witnesses whose cosignatures the server accepts, one verifier
+/// key per line (`#` starts a comment): `CONFIDE_AUDIT_WITNESSES_FILE`, default
+/// `audit-witnesses` in the data directory. Read at each post, so adding a witness
+/// needs no restart.
+pub fn witnesses_path(cfg: &Config) -> PathBuf {
+    std::env::var_os("CONFIDE_AUDIT_WITNESSES_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.data_dir.join("audit-witnesses"))
+}
+
+/// Parses the witness file; a missing file lists nobody.
+pub fn read_witnesses(path: &Path) -> anyhow::Result<Vec<WitnessPublicKey>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| WitnessPublicKey::from_vkey(l).with_context(|| format!("{}: {l}", path.display())))
+        .collect()
+}
+
+/// `POST /api/audit/cosignature`: stores the cosignatures in `body` (a checkpoint note
+/// with cosignature lines) made by listed witnesses over a checkpoint the log signed.
+async fn accept_cosignature(
+    store: &AuditStore,
+    public: &LogPublicKey,
+    witnesses_file: &Path,
+    body: &str,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use confide_signaling::http::ApiError;
+
+    let witnesses = match read_witnesses(witnesses_file) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reading the audit witness list");
+            return ApiError::Internal.into_response();
+        }
+    };
+    let Ok(offered) = SignedCheckpoint::from_note(body, public) else {
+        return ApiError::BadRequest("not a checkpoint signed by this log").into_response();
+    };
+    let size = offered.checkpoint.size;
+    match store.checkpoint_at(public, size).await {
+        Ok(Some(ours)) if ours == offered => {}
+        Ok(_) => {
+            return ApiError::BadRequest("not a checkpoint this log stores").into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading an audit checkpoint");
+            return ApiError::Internal.into_response();
+        }
+    }
+    let mut good = Vec::new();
+    for w in &witnesses {
+        if let Ok((_, mut c)) = open_cosigned(body, public, std::slice::from_ref(w)) {
+            good.append(&mut c);
+        }
+    }
+    if good.is_empty() {
+        return ApiError::BadRequest("no valid cosignature by a listed witness").into_response();
+    }
+    if let Err(e) = store.add_cosignatures(size, &good, now()).await {
+        tracing::error!(error = %e, "storing audit cosignatures");
+        return ApiError::Internal.into_response();
+    }
+    tracing::info!(size, witnesses = good.len(), "audit checkpoint cosigned");
+    axum::http::StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -10,6 +10,7 @@ pub mod host_addr;
 pub mod media;
 pub mod metrics;
 pub mod tls;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -297,7 +297,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Admin { common, cmd } => admin(common.config(), cmd).await,
-        Cmd::Audit { common, cmd } => confide_server::audit_cmd::run(common.config(), cmd).await,
+        Cmd::Audit { common, cmd } => {
+            match confide_server::audit_cmd::run(common.config(), cmd).await {
+                Err(e) if e.is::<confide_server::witness::Rewritten>() => {
+                    // A distinct status, so a supervisor or cron job can page on it.
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(confide_server::witness::EXIT_REWRITTEN);
+                }
+                r => r,
+            }
+        }
     }
 }
 

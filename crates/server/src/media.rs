@@ -162,10 +162,6 @@ async fn bridge_events(mut from: mpsc::Receiver<SfuEvent>, to: mpsc::Sender<Medi
                 participant: MediaParticipantId(participant.0),
                 sdp,
             },
-            SfuEvent::KeyframeNeeded { room, participant } => MediaEvent::KeyframeNeeded {
-                room: MediaRoomId(room.0),
-                participant: MediaParticipantId(participant.0),
-            },
             _ => continue,
         };
         if to.send(out).await.is_err() {

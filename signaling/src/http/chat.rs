@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::{ApiError, ApiResult, AppState, Authed};
 use crate::audit::{AuditAction, Outcome};
-use crate::model::{AppointmentId, Principal, Role, Timestamp};
+use crate::model::{AppointmentId, Role, Timestamp};
+use crate::policy;
 use crate::proto::encode_b64;
 
 #[derive(Serialize)]
@@ -25,14 +26,8 @@ pub async fn chat_history(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Vec<ChatView>>> {
     let id = AppointmentId(id);
-    let appt = state.store.appointment(id).await?;
-    let allowed = match (&appt, &s.session.principal, s.session.role) {
-        (Some(a), Principal::Account(me), Role::Doctor) => a.doctor == *me,
-        (Some(a), Principal::Account(me), Role::Patient) => a.patient == Some(*me),
-        (Some(a), Principal::Guest(_), Role::Guest) => s.session.scope == Some(a.id),
-        _ => false,
-    };
-    if !allowed {
+    let appt = state.store.appointment(id).await?.map(|a| a.facts());
+    if policy::check(s.session.subject(), policy::Act::ReadChat, appt.as_ref()).is_err() {
         state
             .audit(
                 s.event(AuditAction::ChatHistoryRefused, Outcome::Denied)

@@ -13,6 +13,7 @@ use super::{ApiError, ApiResult, AppState, Authed, Ctx, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::{SessionKind, hash_token, new_token};
 use crate::model::{AppointmentId, Principal, Role, Timestamp};
+use crate::policy;
 use crate::store::NewInvite;
 
 #[derive(Deserialize, Default)]
@@ -35,23 +36,19 @@ pub async fn create_invite(
     body: Option<Json<InviteReq>>,
 ) -> ApiResult<(StatusCode, Json<InviteResp>)> {
     let id = AppointmentId(id);
-    let appt = state.store.appointment(id).await?;
-    let allowed = match (&appt, s.session.role) {
-        (Some(_), Role::Staff) => true,
-        (Some(a), Role::Doctor) => Some(a.doctor) == s.account_id(),
-        _ => false,
-    };
-    if !allowed {
+    let appt = state.store.appointment(id).await?.map(|a| a.facts());
+    if let Err(refusal) = policy::check(s.session.subject(), policy::Act::Invite, appt.as_ref()) {
         state
             .audit(
                 s.event(AuditAction::InviteCreated, Outcome::Denied)
-                    .target(id),
+                    .target(id)
+                    .detail(refusal.to_string()),
             )
             .await?;
-        return Err(if appt.is_some() {
-            ApiError::Forbidden
-        } else {
-            ApiError::NotFound
+        // Unknown and not-yours look the same, so appointment ids cannot be probed.
+        return Err(match refusal {
+            policy::Refusal::Ended => ApiError::Conflict("the consultation has ended"),
+            _ => ApiError::Forbidden,
         });
     }
     let ttl = body

@@ -23,6 +23,7 @@ use crate::media::{MediaError, MediaEvent, MediaRoomId};
 use crate::model::{
     AppointmentId, AppointmentStatus, DeviceId, ParticipantId, Principal, Role, Timestamp,
 };
+use crate::policy;
 use crate::proto::{
     ClientMsg, ErrorCode, LeaveReason, PROTOCOL_VERSION, ProtoError, ServerMsg, decode_b64,
     decode_client,
@@ -630,34 +631,28 @@ async fn join(
         tracing::error!(error = %e, "appointment lookup failed");
         err(ErrorCode::Internal)
     })?;
+    let subject = policy::Subject {
+        principal: &auth.principal,
+        role: auth.role,
+        scope: auth.scope,
+    };
     let t = now();
-    let decision = (|| {
-        // Unknown and not-yours look the same, so ids cannot be probed.
-        let Some(a) = &appt else {
-            return Err(ErrorCode::WrongConsultation);
-        };
-        let assigned = match (&auth.principal, auth.role) {
-            (Principal::Account(me), Role::Doctor) => a.doctor == *me,
-            (Principal::Account(me), Role::Patient) => a.patient == Some(*me),
-            (Principal::Guest(_), Role::Guest) => auth.scope == Some(a.id),
-            (_, Role::Staff | Role::Admin) => return Err(ErrorCode::Forbidden),
-            _ => false,
-        };
-        if !assigned {
-            return Err(ErrorCode::WrongConsultation);
-        }
-        if a.status != AppointmentStatus::Booked {
-            return Err(ErrorCode::ConsultationEnded);
-        }
-        let grace = state.settings.join_grace_s;
-        if t < a.start.plus_secs(-grace) || t > a.end().plus_secs(grace) {
-            return Err(ErrorCode::OutsideWindow);
-        }
-        Ok(a.clone())
-    })();
+    let act = policy::Act::Join {
+        now: t,
+        grace_s: state.settings.join_grace_s,
+    };
+    let facts = appt.as_ref().map(|a| a.facts());
+    let decision = policy::check(subject, act, facts.as_ref())
+        .and_then(|_| appt.ok_or(policy::Refusal::NotYours));
     let appointment = match decision {
         Ok(a) => a,
-        Err(code) => {
+        Err(refusal) => {
+            let code = match refusal {
+                policy::Refusal::NotYours => ErrorCode::WrongConsultation,
+                policy::Refusal::WrongRole => ErrorCode::Forbidden,
+                policy::Refusal::Ended => ErrorCode::ConsultationEnded,
+                policy::Refusal::OutsideWindow => ErrorCode::OutsideWindow,
+            };
             state.audit(refuse(code)).await.map_err(audit_refused)?;
             return Err(err(code));
         }
@@ -845,7 +840,6 @@ pub(crate) fn route_media_event(state: &AppState, ev: MediaEvent) {
             tracing::debug!(participant = participant.0, %reason, "media disconnected");
             return;
         }
-        MediaEvent::KeyframeNeeded { .. } => return,
     };
     let pid = ParticipantId(who.0);
     let Some(entry) = state.hub().conns.get(&pid) else {

@@ -115,6 +115,18 @@ impl Appointment {
     pub fn end(&self) -> Timestamp {
         self.start.plus_secs(self.duration_s)
     }
+
+    /// What [`crate::policy`] decides on.
+    pub fn facts(&self) -> crate::policy::AppointmentFacts {
+        crate::policy::AppointmentFacts {
+            id: self.id,
+            doctor: self.doctor,
+            patient: self.patient,
+            status: self.status,
+            start: self.start,
+            end: self.end(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -236,7 +248,6 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn account_by_username(&self, username: &str) -> Result<Option<AccountRecord>>;
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>>;
     async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool>;
-    async fn set_password_hash(&self, id: AccountId, phc: &str) -> Result<()>;
     /// Store a new (sealed) TOTP secret, not yet enabled.
     async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()>;
     /// Enable TOTP, recording the step of the code that confirmed it.

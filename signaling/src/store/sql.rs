@@ -212,15 +212,6 @@ impl Store for SqlStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn set_password_hash(&self, id: AccountId, phc: &str) -> Result<()> {
-        sqlx::query("UPDATE accounts SET password_hash = $1 WHERE id = $2")
-            .bind(phc)
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET totp_secret = $1, totp_enabled = 0, totp_last_step = NULL WHERE id = $2",

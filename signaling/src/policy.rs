@@ -1,0 +1,342 @@
+//! Who may act on an appointment: the one rule behind joining a consultation, reading
+//! its chat history and inviting a guest to it.
+//!
+//! Sans-IO: the edge looks the appointment up and passes its facts and `now` in; the
+//! answer is a value. Keeping the rule in one place means a change to it (a new role,
+//! a new state) cannot reach one endpoint and miss another.
+
+use crate::model::{AccountId, AppointmentId, AppointmentStatus, Principal, Role, Timestamp};
+
+/// Who is asking: the parts of a session the rule reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub principal: &'a Principal,
+    pub role: Role,
+    /// The one appointment a guest session is good for.
+    pub scope: Option<AppointmentId>,
+}
+
+/// The parts of an appointment the rule reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppointmentFacts {
+    pub id: AppointmentId,
+    pub doctor: AccountId,
+    pub patient: Option<AccountId>,
+    pub status: AppointmentStatus,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// What the subject wants to do with the appointment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Enter the consultation (the waiting room, then the call). Only while it is
+    /// booked and within `grace_s` of its window.
+    Join { now: Timestamp, grace_s: i64 },
+    /// Read the stored (end-to-end encrypted) chat of the consultation.
+    ReadChat,
+    /// Create a guest invite link for a consultation that is still booked.
+    Invite,
+}
+
+/// How the subject stands to the appointment, when the rule lets them act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// The appointment's doctor.
+    Doctor,
+    /// The appointment's patient.
+    Patient,
+    /// A guest whose invite is for this appointment.
+    Guest,
+    /// Scheduling staff, who manage every appointment but see no clinical content.
+    Staff,
+}
+
+/// Why the rule refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No such appointment, or not the subject's: one answer for both, so appointment
+    /// ids cannot be probed.
+    #[error("not your consultation")]
+    NotYours,
+    /// The subject's role never does this (staff or admin entering a consultation).
+    #[error("not allowed for this role")]
+    WrongRole,
+    /// The appointment is ended or cancelled.
+    #[error("the consultation has ended")]
+    Ended,
+    /// Too early or too late to join.
+    #[error("outside the consultation window")]
+    OutsideWindow,
+}
+
+/// How `s` stands to `a`, whatever they want to do: `None` for no relation.
+pub fn relation(s: Subject<'_>, a: &AppointmentFacts) -> Option<Relation> {
+    match (s.principal, s.role) {
+        (Principal::Account(me), Role::Doctor) if a.doctor == *me => Some(Relation::Doctor),
+        (Principal::Account(me), Role::Patient) if a.patient == Some(*me) => {
+            Some(Relation::Patient)
+        }
+        (Principal::Guest(_), Role::Guest) if s.scope == Some(a.id) => Some(Relation::Guest),
+        (Principal::Account(_), Role::Staff) => Some(Relation::Staff),
+        _ => None,
+    }
+}
+
+/// May `s` do `act` on `a` (`None`: no such appointment)?
+pub fn check(s: Subject<'_>, act: Act, a: Option<&AppointmentFacts>) -> Result<Relation, Refusal> {
+    let a = a.ok_or(Refusal::NotYours)?;
+    let rel = relation(s, a);
+    match act {
+        Act::Join { now, grace_s } => {
+            // Staff and admins never sit in a consultation, assigned or not.
+            if matches!(s.role, Role::Staff | Role::Admin) {
+                return Err(Refusal::WrongRole);
+            }
+            let rel = rel.ok_or(Refusal::NotYours)?;
+            if a.status != AppointmentStatus::Booked {
+                return Err(Refusal::Ended);
+            }
+            if now < a.start.plus_secs(-grace_s) || now > a.end.plus_secs(grace_s) {
+                return Err(Refusal::OutsideWindow);
+            }
+            Ok(rel)
+        }
+        Act::ReadChat => match rel {
+            Some(r @ (Relation::Doctor | Relation::Patient | Relation::Guest)) => Ok(r),
+            _ => Err(Refusal::NotYours),
+        },
+        Act::Invite => {
+            let rel = match rel {
+                Some(r @ (Relation::Doctor | Relation::Staff)) => r,
+                _ => return Err(Refusal::NotYours),
+            };
+            if a.status != AppointmentStatus::Booked {
+                return Err(Refusal::Ended);
+            }
+            Ok(rel)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InviteId;
+
+    const DOCTOR: AccountId = AccountId(1);
+    const PATIENT: AccountId = AccountId(2);
+    const OTHER_DOCTOR: AccountId = AccountId(3);
+    const OTHER_PATIENT: AccountId = AccountId(4);
+    const STAFF: AccountId = AccountId(5);
+    const ADMIN: AccountId = AccountId(6);
+    const APPT: AppointmentId = AppointmentId(10);
+    const GRACE: i64 = 600;
+
+    fn appt(status: AppointmentStatus) -> AppointmentFacts {
+        AppointmentFacts {
+            id: APPT,
+            doctor: DOCTOR,
+            patient: Some(PATIENT),
+            status,
+            start: Timestamp::from_secs(10_000),
+            end: Timestamp::from_secs(10_000 + 1800),
+        }
+    }
+
+    fn who(p: &Principal, role: Role, scope: Option<AppointmentId>) -> Subject<'_> {
+        Subject {
+            principal: p,
+            role,
+            scope,
+        }
+    }
+
+    fn join_at(secs: i64) -> Act {
+        Act::Join {
+            now: Timestamp::from_secs(secs),
+            grace_s: GRACE,
+        }
+    }
+
+    const DURING: i64 = 10_500;
+
+    /// Every subject the rule knows, with what it should answer for a booked
+    /// appointment now open: join, read chat, invite.
+    #[allow(clippy::type_complexity)]
+    fn table() -> Vec<(
+        &'static str,
+        Principal,
+        Role,
+        Option<AppointmentId>,
+        [Result<Relation, Refusal>; 3],
+    )> {
+        use Refusal::*;
+        use Relation as R;
+        let g = |n| Principal::Guest(InviteId(n));
+        let a = Principal::Account;
+        vec![
+            (
+                "assigned doctor",
+                a(DOCTOR),
+                Role::Doctor,
+                None,
+                [Ok(R::Doctor), Ok(R::Doctor), Ok(R::Doctor)],
+            ),
+            (
+                "other doctor",
+                a(OTHER_DOCTOR),
+                Role::Doctor,
+                None,
+                [Err(NotYours), Err(NotYours), Err(NotYours)],
+            ),
+            (
+                "assigned patient",
+                a(PATIENT),
+                Role::Patient,
+                None,
+                [Ok(R::Patient), Ok(R::Patient), Err(NotYours)],
+            ),
+            (
+                "other patient",
+                a(OTHER_PATIENT),
+                Role::Patient,
+                None,
+                [Err(NotYours), Err(NotYours), Err(NotYours)],
+            ),
+            (
+                "invited guest",
+                g(7),
+                Role::Guest,
+                Some(APPT),
+                [Ok(R::Guest), Ok(R::Guest), Err(NotYours)],
+            ),
+            (
+                "guest of another appointment",
+                g(8),
+                Role::Guest,
+                Some(AppointmentId(11)),
+                [Err(NotYours), Err(NotYours), Err(NotYours)],
+            ),
+            (
+                "guest without scope",
+                g(9),
+                Role::Guest,
+                None,
+                [Err(NotYours), Err(NotYours), Err(NotYours)],
+            ),
+            (
+                "staff",
+                a(STAFF),
+                Role::Staff,
+                None,
+                [Err(WrongRole), Err(NotYours), Ok(R::Staff)],
+            ),
+            (
+                "admin",
+                a(ADMIN),
+                Role::Admin,
+                None,
+                [Err(WrongRole), Err(NotYours), Err(NotYours)],
+            ),
+            // A session whose principal does not match its role is nobody.
+            (
+                "guest principal with doctor role",
+                g(7),
+                Role::Doctor,
+                Some(APPT),
+                [Err(NotYours), Err(NotYours), Err(NotYours)],
+            ),
+            (
+                "account with guest role",
+                a(DOCTOR),
+                Role::Guest,
+                Some(APPT),
+                [Err(NotYours), Err(NotYours), Err(NotYours)],
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_role_on_a_booked_open_appointment() {
+        let a = appt(AppointmentStatus::Booked);
+        for (name, p, role, scope, want) in table() {
+            let s = who(&p, role, scope);
+            let acts = [join_at(DURING), Act::ReadChat, Act::Invite];
+            for (act, want) in acts.into_iter().zip(want) {
+                assert_eq!(check(s, act, Some(&a)), want, "{name}: {act:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_appointment_looks_like_someone_elses() {
+        for (name, p, role, scope, _) in table() {
+            let s = who(&p, role, scope);
+            for act in [join_at(DURING), Act::ReadChat, Act::Invite] {
+                assert_eq!(check(s, act, None), Err(Refusal::NotYours), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn ended_and_cancelled_appointments_cannot_be_joined_or_invited_to() {
+        for status in [AppointmentStatus::Ended, AppointmentStatus::Cancelled] {
+            let a = appt(status);
+            for (name, p, role, scope, want) in table() {
+                let s = who(&p, role, scope);
+                // Those without a relation get the same answer as before: an ended
+                // appointment of someone else's reveals nothing either.
+                let join = want[0].and(Err(Refusal::Ended));
+                assert_eq!(check(s, join_at(DURING), Some(&a)), join, "{name}");
+                let invite = want[2].and(Err(Refusal::Ended));
+                assert_eq!(check(s, Act::Invite, Some(&a)), invite, "{name}");
+                // The chat stays readable to its participants after the end.
+                assert_eq!(check(s, Act::ReadChat, Some(&a)), want[1], "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn joining_is_bounded_by_the_window_and_its_grace() {
+        let a = appt(AppointmentStatus::Booked);
+        let p = Principal::Account(PATIENT);
+        let s = who(&p, Role::Patient, None);
+        let start = 10_000;
+        let end = start + 1800;
+        for (at, ok) in [
+            (start - GRACE - 1, false),
+            (start - GRACE, true),
+            (start, true),
+            (end, true),
+            (end + GRACE, true),
+            (end + GRACE + 1, false),
+        ] {
+            let want = if ok {
+                Ok(Relation::Patient)
+            } else {
+                Err(Refusal::OutsideWindow)
+            };
+            assert_eq!(check(s, join_at(at), Some(&a)), want, "at {at}");
+        }
+        // Someone else's appointment outside its window still says only "not yours".
+        let o = Principal::Account(OTHER_PATIENT);
+        let other = who(&o, Role::Patient, None);
+        assert_eq!(
+            check(other, join_at(start - GRACE - 1), Some(&a)),
+            Err(Refusal::NotYours)
+        );
+    }
+
+    #[test]
+    fn an_appointment_without_a_patient_has_no_patient_to_match() {
+        let mut a = appt(AppointmentStatus::Booked);
+        a.patient = None;
+        let p = Principal::Account(PATIENT);
+        let s = who(&p, Role::Patient, None);
+        assert_eq!(check(s, Act::ReadChat, Some(&a)), Err(Refusal::NotYours));
+        let d = Principal::Account(DOCTOR);
+        let s = who(&d, Role::Doctor, None);
+        assert_eq!(check(s, Act::Invite, Some(&a)), Ok(Relation::Doctor));
+    }
+}
