@@ -466,19 +466,30 @@ impl KeyDirectory for SqlStore {
     }
 }
 
+/// How many KeyPackages of `device` are stored, of the last-resort kind or not.
+async fn count_key_packages(
+    conn: &mut sqlx::AnyConnection,
+    principal: &str,
+    device: &DeviceId,
+    last_resort: bool,
+) -> Result<u64> {
+    let r = sqlx::query(
+        "SELECT COUNT(*) FROM key_packages WHERE principal = $1 AND device = $2 AND last_resort = $3",
+    )
+    .bind(principal)
+    .bind(device.as_str())
+    .bind(i64::from(last_resort))
+    .fetch_one(conn)
+    .await?;
+    u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("count"))
+}
+
 async fn count_one_time(
     conn: &mut sqlx::AnyConnection,
     principal: &str,
     device: &DeviceId,
 ) -> Result<u64> {
-    let r = sqlx::query(
-        "SELECT COUNT(*) FROM key_packages WHERE principal = $1 AND device = $2 AND last_resort = 0",
-    )
-    .bind(principal)
-    .bind(device.as_str())
-    .fetch_one(conn)
-    .await?;
-    u64::try_from(r.try_get::<i64, _>(0)?).map_err(|_| StoreError::Corrupt("count"))
+    count_key_packages(conn, principal, device, false).await
 }
 
 async fn has_last_resort(
@@ -486,12 +497,5 @@ async fn has_last_resort(
     principal: &str,
     device: &DeviceId,
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "SELECT COUNT(*) FROM key_packages WHERE principal = $1 AND device = $2 AND last_resort = 1",
-    )
-    .bind(principal)
-    .bind(device.as_str())
-    .fetch_one(conn)
-    .await?;
-    Ok(r.try_get::<i64, _>(0)? > 0)
+    Ok(count_key_packages(conn, principal, device, true).await? > 0)
 }
