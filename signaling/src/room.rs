@@ -826,6 +826,19 @@ mod tests {
         std::iter::from_fn(|| r.poll_output()).collect()
     }
 
+    /// The doctor heard that `who` joined, and the media plane was told to admit it.
+    fn assert_joined_and_media_admits(out: &[RoomOutput], doctor: u64, who: u64) {
+        assert!(
+            sent_to(out, doctor)
+                .iter()
+                .any(|m| matches!(m, ServerMsg::ParticipantJoined { .. }))
+        );
+        assert!(out.contains(&RoomOutput::Media(MediaCmd::Admitted(
+            MediaRoomId(1),
+            MediaParticipantId(who)
+        ))));
+    }
+
     fn sent_to(out: &[RoomOutput], who: u64) -> Vec<ServerMsg> {
         out.iter()
             .filter_map(|o| match o {
@@ -864,15 +877,7 @@ mod tests {
         );
         let out = drain(&mut r);
         assert!(matches!(sent_to(&out, 2)[0], ServerMsg::Admitted { .. }));
-        assert!(
-            sent_to(&out, 1)
-                .iter()
-                .any(|m| matches!(m, ServerMsg::ParticipantJoined { .. }))
-        );
-        assert!(out.contains(&RoomOutput::Media(MediaCmd::Admitted(
-            MediaRoomId(1),
-            MediaParticipantId(2)
-        ))));
+        assert_joined_and_media_admits(&out, 1, 2);
     }
 
     #[test]
@@ -1418,15 +1423,7 @@ mod tests {
         assert_eq!(to_patient.len(), 2, "the added member gets no mls_commit");
         let to_doctor = sent_to(&out, 1);
         assert_eq!(to_doctor[0], ServerMsg::MlsAccepted { epoch: 1 });
-        assert!(
-            to_doctor
-                .iter()
-                .any(|m| matches!(m, ServerMsg::ParticipantJoined { .. }))
-        );
-        assert!(out.contains(&RoomOutput::Media(MediaCmd::Admitted(
-            MediaRoomId(1),
-            MediaParticipantId(2)
-        ))));
+        assert_joined_and_media_admits(&out, 1, 2);
     }
 
     #[test]
