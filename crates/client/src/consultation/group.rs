@@ -136,6 +136,21 @@ impl Keys {
     pub(super) fn device(&self) -> &confide_mls::Device {
         self.store.device()
     }
+
+    /// Decode a base64 group message the server relayed (`what` names it in the error)
+    /// and process it in our group; `None` while we have no group.
+    fn handle_b64(
+        &mut self,
+        b64: &str,
+        what: &str,
+    ) -> Option<Result<Incoming, confide_mls::Error>> {
+        let group = self.group.as_mut()?;
+        Some(
+            B64.decode(b64)
+                .map_err(|_| confide_mls::Error::Malformed(format!("{what} is not base64")))
+                .and_then(|b| group.handle_message(self.store.device(), &b)),
+        )
+    }
 }
 
 fn peer_error(e: &confide_mls::Error) -> String {
@@ -814,14 +829,9 @@ impl Participant {
         commit: &str,
     ) -> Result<Vec<Happening>, ConsultationError> {
         let mut out = Vec::new();
-        let keys = &mut self.keys;
-        let Some(group) = keys.group.as_mut() else {
+        let Some(processed) = self.keys.handle_b64(commit, "commit") else {
             return Ok(out);
         };
-        let processed = B64
-            .decode(commit)
-            .map_err(|_| confide_mls::Error::Malformed("commit is not base64".into()))
-            .and_then(|b| group.handle_message(keys.store.device(), &b));
         match processed {
             Ok(Incoming::NewEpoch { added, .. }) => {
                 for m in added {
@@ -902,14 +912,9 @@ impl Participant {
         ciphertext: &str,
     ) -> Result<Vec<Happening>, ConsultationError> {
         let mut out = Vec::new();
-        let keys = &mut self.keys;
-        let Some(group) = keys.group.as_mut() else {
+        let Some(processed) = self.keys.handle_b64(ciphertext, "chat") else {
             return Ok(out);
         };
-        let processed = B64
-            .decode(ciphertext)
-            .map_err(|_| confide_mls::Error::Malformed("chat is not base64".into()))
-            .and_then(|b| group.handle_message(keys.store.device(), &b));
         let (sender, payload) = match processed {
             Ok(Incoming::Application { sender, payload }) => (sender, payload),
             Ok(_) => return Ok(out),
