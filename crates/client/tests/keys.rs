@@ -350,19 +350,13 @@ async fn a_changed_key_is_held_until_accepted_and_the_acceptance_survives_a_rest
 
     // First consultation: first contact on both sides, keys pinned.
     let appt = server.demo.as_ref().unwrap().appointment_id.0;
-    let (doctor, patient) = two_party(
+    meet_without_warnings(
         Side::in_dir(&ep, &dt, &d_dir),
         Side::in_dir(&ep, &pt, &p_dir),
         appt,
         &media,
     )
     .await;
-    let (parts, _) = keyed(vec![doctor, patient], &media).await;
-    let [doctor, patient]: [Participant; 2] = parts.try_into().ok().unwrap();
-    assert!(doctor.warnings().is_empty(), "{:?}", doctor.warnings());
-    let ended = tokio::spawn(patient.wait_ended(Duration::from_secs(20)));
-    doctor.end().await.unwrap();
-    ended.await.unwrap().unwrap();
 
     // Second consultation: the patient's account comes with a new device. The
     // doctor's device admits nobody: the patient stays in the waiting room, with no
@@ -444,14 +438,25 @@ async fn a_changed_key_is_held_until_accepted_and_the_acceptance_survives_a_rest
     drop(store);
     // ... and a restarted doctor's device adds the new device without asking.
     let appt3 = book(&ep, &server, &staff).await;
-    let (doctor, patient) = two_party(
+    meet_without_warnings(
         Side::in_dir(&ep, &dt, &d_dir),
         Side::in_dir(&ep, &pt, &p2_dir),
         appt3,
         &media,
     )
     .await;
-    let (parts, _) = keyed(vec![doctor, patient], &media).await;
+}
+
+/// Doctor and patient meet in `appt` until both open each other's frames; the doctor
+/// sees no key warning and then ends the consultation.
+async fn meet_without_warnings(
+    doctor: Side<'_>,
+    patient: Side<'_>,
+    appt: i64,
+    media: &Arc<confide_client::MediaLoop>,
+) {
+    let (doctor, patient) = two_party(doctor, patient, appt, media).await;
+    let (parts, _) = keyed(vec![doctor, patient], media).await;
     let [doctor, patient]: [Participant; 2] = parts.try_into().ok().unwrap();
     assert!(doctor.warnings().is_empty(), "{:?}", doctor.warnings());
     let ended = tokio::spawn(patient.wait_ended(Duration::from_secs(20)));
@@ -786,3 +791,4 @@ async fn a_patient_who_comes_back_is_added_again_and_its_old_leaf_removed() {
     doctor.end().await.unwrap();
     ended.await.unwrap().unwrap();
 }
+
