@@ -54,3 +54,122 @@ pub fn group_with_id(
 pub fn fresh_signer() -> Result<Zeroizing<[u8; 32]>> {
     Ok(Zeroizing::new(random()?))
 }
+
+/// A signed RFC 6962 log kept in memory, written the way the server writes device
+/// entries: the log a test server (honest or forking) serves its checkpoints and proofs
+/// from.
+pub struct TestLog {
+    origin: String,
+    log: confide_audit::AuditLog,
+    tree: confide_audit::MemoryTree,
+    entries: Vec<String>,
+    key: confide_audit::LogSigningKey,
+    t: i64,
+    note: String,
+}
+
+impl TestLog {
+    /// An empty log named `origin`, signed with a key made from `seed`.
+    pub fn new(origin: &str, seed: u8) -> Self {
+        use confide_audit::{AuditLog, CheckpointPolicy, LogSigningKey, MemoryTree};
+        let log = AuditLog::new(
+            origin,
+            LogSigningKey::from_seed(&[seed; 32]),
+            CheckpointPolicy::default(),
+        )
+        .expect("a valid origin");
+        TestLog {
+            origin: origin.to_string(),
+            log,
+            tree: MemoryTree::new(),
+            entries: Vec::new(),
+            key: LogSigningKey::from_seed(&[seed; 32]),
+            t: 1_800_000_000_000,
+            note: String::new(),
+        }
+    }
+
+    /// The verifier key line a server serves at `/api/audit/key`.
+    pub fn vkey(&self) -> String {
+        self.key
+            .public_key()
+            .to_vkey(&self.origin)
+            .expect("a valid origin")
+    }
+
+    /// Append one event, a second after the previous one; returns its sequence number.
+    pub fn append(
+        &mut self,
+        actor: &str,
+        role: Option<&str>,
+        action: &str,
+        target: Option<String>,
+        detail: Option<String>,
+    ) -> u64 {
+        use confide_audit::{AuditEvent, Outcome, Priority, Timestamp};
+        self.t += 1000;
+        let a = self.log.append(
+            Timestamp::from_unix_millis(self.t).expect("a valid time"),
+            AuditEvent {
+                actor: actor.into(),
+                role: role.map(Into::into),
+                action: action.into(),
+                target,
+                patient: None,
+                outcome: Outcome::Success,
+                source: None,
+                request_id: None,
+                priority: Priority::Normal,
+                detail,
+            },
+        );
+        self.tree.push(a.leaf_hash);
+        self.entries.push(a.entry.to_json());
+        a.entry.seq()
+    }
+
+    /// Ask for a checkpoint now: the signed note of the new one, if the log made one.
+    pub fn checkpoint(&mut self) -> Option<String> {
+        use confide_audit::Timestamp;
+        self.log
+            .request_checkpoint(Timestamp::from_unix_millis(self.t).expect("a valid time"));
+        let cp = self.log.poll_checkpoint()?;
+        self.note = cp.to_note(&self.key.public_key());
+        Some(self.note.clone())
+    }
+
+    /// The newest checkpoint's signed note (empty before the first).
+    pub fn note(&self) -> &str {
+        &self.note
+    }
+
+    /// Entry `seq` with its inclusion proof against the whole tree.
+    pub fn proven(&self, seq: u64) -> crate::transparency::ProvenEntry {
+        let proof = confide_audit::inclusion_proof(&self.tree, seq, self.tree.size())
+            .expect("an entry of this log")
+            .path
+            .iter()
+            .map(|h| h.to_base64())
+            .collect();
+        crate::transparency::ProvenEntry {
+            seq,
+            entry: self.entries[seq as usize].clone(),
+            proof,
+        }
+    }
+
+    /// A consistency proof between two sizes of this log, if both exist.
+    pub fn consistency(&self, from: u64, to: u64) -> Option<Vec<String>> {
+        if from > to || to > self.tree.size() {
+            return None;
+        }
+        Some(
+            confide_audit::consistency_proof(&self.tree, from, to)
+                .ok()?
+                .path
+                .iter()
+                .map(|h| h.to_base64())
+                .collect(),
+        )
+    }
+}

@@ -5,13 +5,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use confide_audit::{
-    AuditEvent, AuditLog, CheckpointPolicy, LogSigningKey, MemoryTree, Outcome, Priority,
-    Timestamp, consistency_proof, inclusion_proof,
-};
-use confide_mls::transparency::{
-    DirectoryAnswer, DirectoryDevice, GroupPayload, LogView, ProvenEntry,
-};
+use confide_mls::danger::TestLog;
+use confide_mls::transparency::{DirectoryAnswer, DirectoryDevice, GroupPayload, LogView};
 use confide_mls::{Device, Error};
 
 use crate::common::device;
@@ -20,35 +15,18 @@ const ORIGIN: &str = "confide.test/audit";
 
 /// A server's audit log, in memory, written the way the server writes device entries.
 struct Server {
-    log: AuditLog,
-    tree: MemoryTree,
-    entries: Vec<String>,
-    key: LogSigningKey,
-    t: i64,
-    note: String,
+    log: TestLog,
 }
 
 impl Server {
     fn new(seed: u8) -> Self {
-        let key = LogSigningKey::from_seed(&[seed; 32]);
-        let log = AuditLog::new(
-            ORIGIN,
-            LogSigningKey::from_seed(&[seed; 32]),
-            CheckpointPolicy::default(),
-        )
-        .unwrap();
         Self {
-            log,
-            tree: MemoryTree::new(),
-            entries: Vec::new(),
-            key,
-            t: 1_800_000_000_000,
-            note: String::new(),
+            log: TestLog::new(ORIGIN, seed),
         }
     }
 
     fn vkey(&self) -> String {
-        self.key.public_key().to_vkey(ORIGIN).unwrap()
+        self.log.vkey()
     }
 
     fn append(
@@ -58,25 +36,8 @@ impl Server {
         target: Option<String>,
         detail: Option<String>,
     ) -> u64 {
-        self.t += 1000;
-        let a = self.log.append(
-            Timestamp::from_unix_millis(self.t).unwrap(),
-            AuditEvent {
-                actor: actor.into(),
-                role: Some("patient".into()),
-                action: action.into(),
-                target,
-                patient: None,
-                outcome: Outcome::Success,
-                source: None,
-                request_id: None,
-                priority: Priority::Normal,
-                detail,
-            },
-        );
-        self.tree.push(a.leaf_hash);
-        self.entries.push(a.entry.to_json());
-        a.entry.seq()
+        self.log
+            .append(actor, Some("patient"), action, target, detail)
     }
 
     fn register(&mut self, d: &Device) -> u64 {
@@ -94,29 +55,11 @@ impl Server {
     }
 
     fn checkpoint(&mut self) -> String {
-        self.log
-            .request_checkpoint(Timestamp::from_unix_millis(self.t).unwrap());
-        let cp = self.log.poll_checkpoint().unwrap();
-        self.note = cp.to_note(&self.key.public_key());
-        self.note.clone()
-    }
-
-    fn proof(&self, seq: u64) -> Vec<String> {
-        inclusion_proof(&self.tree, seq, self.tree.size())
-            .unwrap()
-            .path
-            .iter()
-            .map(|h| h.to_base64())
-            .collect()
+        self.log.checkpoint().unwrap()
     }
 
     fn consistency(&self, from: u64, to: u64) -> Vec<String> {
-        consistency_proof(&self.tree, from, to)
-            .unwrap()
-            .path
-            .iter()
-            .map(|h| h.to_base64())
-            .collect()
+        self.log.consistency(from, to).unwrap()
     }
 
     fn answer(&self, d: &Device, seq: u64) -> DirectoryAnswer {
@@ -124,16 +67,12 @@ impl Server {
             principal: d.name().principal.to_string(),
             role: "patient".into(),
             label: "P".into(),
-            checkpoint: self.note.clone(),
+            checkpoint: self.log.note().to_string(),
             devices: vec![DirectoryDevice {
                 device: d.name().device.to_string(),
                 signature_key: B64.encode(d.signature_key()),
                 status: "active".into(),
-                entries: vec![ProvenEntry {
-                    seq,
-                    entry: self.entries[seq as usize].clone(),
-                    proof: self.proof(seq),
-                }],
+                entries: vec![self.log.proven(seq)],
             }],
         }
     }
