@@ -792,3 +792,114 @@ async fn a_patient_who_comes_back_is_added_again_and_its_old_leaf_removed() {
     ended.await.unwrap().unwrap();
 }
 
+/// The doctor's connection drops and its device comes back (a new participant id). It
+/// starts a new group and adds the patient and the guest, still admitted, in one
+/// commit: both move to the new group's first epoch, frames keep flowing, the frames
+/// the patient receives from then on open under the new group's keys and not under the
+/// old group's, and every roster holds exactly the three real devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctor_who_comes_back_adds_everyone_again_in_one_commit() {
+    let (_dir, server, ep) = demo_server(true).await;
+    let appt = server.demo.as_ref().unwrap().appointment_id.0;
+    let media = media("doctor-rejoin-media");
+    let state = tempfile::tempdir().unwrap();
+    let dt = login(&ep, &server, Role::Doctor).await;
+    let pt = login(&ep, &server, Role::Patient).await;
+    let (doctor, patient) = two_party(
+        Side::in_dir(&ep, &dt, state.path()),
+        Side::new(&ep, &pt),
+        appt,
+        &media,
+    )
+    .await;
+    let (parts, _) = keyed(vec![doctor, patient], &media).await;
+    let [mut doctor, patient]: [Participant; 2] = parts.try_into().ok().unwrap();
+    let gt = guest_token(&ep, &dt, appt).await;
+    let mut guest = Participant::join_with_token(&ep, &gt, appt, media.clone())
+        .await
+        .unwrap();
+    let (a, w) = tokio::join!(doctor.admit(1), guest.wait_admitted());
+    a.unwrap();
+    w.unwrap();
+    guest.start_media(light_traffic(100_000)).await.unwrap();
+    let (ds, ps, gs) = (
+        doctor.slot().unwrap(),
+        patient.slot().unwrap(),
+        guest.slot().unwrap(),
+    );
+    let (parts, _) = serve_all(
+        vec![doctor, patient, guest],
+        until_status(media.clone(), vec![ds, ps, gs], "three at epoch 2", |s| {
+            s.iter().all(|s| s.epoch == Some(2) && s.keyed_peers == 2)
+        }),
+    )
+    .await;
+    let [doctor, patient, guest]: [Participant; 3] = parts.try_into().ok().unwrap();
+    let old_group = patient.group_id().unwrap();
+    let mut old_keys = patient.frame_decryptor().unwrap();
+    let old_id = doctor.you();
+
+    // The doctor's connection drops (no `leave`) and its device joins again.
+    drop(doctor);
+    media.remove(ds);
+    let mut doctor = Participant::join_with_keys(
+        &ep,
+        &dt,
+        appt,
+        media.clone(),
+        KeyConfig::in_dir(state.path()),
+    )
+    .await
+    .unwrap();
+    assert_ne!(doctor.you(), old_id);
+    doctor.start_media(light_traffic(100_000)).await.unwrap();
+    let ds = doctor.slot().unwrap();
+    media.record(ps, true).await.unwrap();
+    let opened = media.status(ps).await.unwrap().frames_opened;
+    let (parts, _) = serve_all(
+        vec![doctor, patient, guest],
+        until_status(media.clone(), vec![ds, ps, gs], "the new group", move |s| {
+            s.iter().all(|s| s.epoch == Some(1) && s.keyed_peers == 2)
+                && s[1].frames_opened > opened + 30
+        }),
+    )
+    .await;
+    let [doctor, patient, guest]: [Participant; 3] = parts.try_into().ok().unwrap();
+    let new_group = doctor.group_id().unwrap();
+    assert_ne!(new_group, old_group);
+    for p in [&doctor, &patient, &guest] {
+        // Created at epoch 0, everyone added by the one commit that made epoch 1.
+        assert_eq!(p.group_id().as_ref(), Some(&new_group));
+        assert_eq!(p.epoch(), Some(1));
+        let roster = p.roster();
+        assert_eq!(roster.len(), 3, "{roster:?}");
+        assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    }
+    let names: Vec<_> = patient.roster().into_iter().map(|m| m.name).collect();
+    for real in [doctor.device(), patient.device(), guest.device()] {
+        assert_eq!(names.iter().filter(|n| *n == real).count(), 1, "{names:?}");
+    }
+    let frames: Vec<_> = media
+        .recorded(ps)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| kid_epoch_bits(f) == Some(1))
+        .collect();
+    assert!(frames.len() > 20, "{} frames of the new group", frames.len());
+    assert_eq!(
+        opened_by(&mut old_keys, &frames),
+        0,
+        "the old group's keys opened a frame of the new group"
+    );
+    assert_eq!(
+        opened_by(&mut patient.frame_decryptor().unwrap(), &frames),
+        frames.len(),
+        "a frame of the new group did not open under its keys"
+    );
+    let ended = tokio::spawn(patient.wait_ended(Duration::from_secs(20)));
+    let guest_ended = tokio::spawn(guest.wait_ended(Duration::from_secs(20)));
+    doctor.end().await.unwrap();
+    ended.await.unwrap().unwrap();
+    guest_ended.await.unwrap().unwrap();
+}
