@@ -4,6 +4,11 @@
 //! a frame becomes a [`ClientMsg`]; it never panics and maps every bad input to an
 //! [`ErrorCode`] the server sends back as `error {code, message}`.
 //! The message list with one example each is in docs/protocol.md.
+//!
+//! A crate of its own so that clients (the native client, the load harness) speak the
+//! protocol without linking the server side: it depends on serde, base64 and thiserror only.
+
+pub mod model;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! Domain types shared by the core, the store and the HTTP edge.
+//! Domain types shared by the protocol, the server's core, store and HTTP edge, and
+//! clients.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -17,11 +17,14 @@ pub mod crypto;
 pub mod http;
 pub mod media;
 pub mod mls_frame;
-pub mod model;
 pub mod ops;
 pub mod p2p;
 pub mod policy;
-pub mod proto;
 pub mod room;
 pub mod settings;
 pub mod store;
+
+// The protocol and its ids live in `confide-proto` (clients use it without this crate);
+// re-exported under the old paths so `crate::proto::...` and `crate::model::...` stay.
+pub use confide_proto as proto;
+pub use confide_proto::model;

@@ -7,7 +7,7 @@
 //! - [`e2ee`]: the codecs' clear prefixes, and plain SFrame frame wrappers.
 //!
 //! - [`signaling`]: REST login (with TOTP) and the `/ws` WebSocket over TLS, typed with
-//!   `confide_signaling::proto`.
+//!   `confide_proto`.
 //! - [`device`]: this device's lasting MLS identity, pins and log head, in a state
 //!   directory (or a temporary device in memory).
 //! - [`directory`]: the key directory and audit-log REST calls.

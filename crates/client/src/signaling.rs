@@ -1,5 +1,5 @@
 //! Signaling as a browser does it: REST over HTTPS (login with TOTP, appointments) and
-//! the `/ws` WebSocket over TLS with the typed messages of `confide_signaling::proto`.
+//! the `/ws` WebSocket over TLS with the typed messages of `confide_proto`.
 //!
 //! This is the async edge of the client (tokio, rustls); the media session stays
 //! sans-IO in [`crate::media`] and is driven by [`crate::driver`].
@@ -8,8 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use confide_signaling::auth::TotpSecret;
-use confide_signaling::proto::{ClientMsg, PROTOCOL_VERSION, ServerMsg};
+use confide_proto::{ClientMsg, PROTOCOL_VERSION, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -264,13 +263,17 @@ impl Endpoint {
 
 /// The current TOTP code (RFC 6238, the server's parameters) for a base32 secret.
 pub fn totp_now(secret_b32: &str) -> Result<String, SignalingError> {
-    let secret =
-        TotpSecret::from_base32(secret_b32).ok_or(SignalingError::Invalid("TOTP secret"))?;
+    let secret = totp_rs::Secret::Encoded(secret_b32.to_string())
+        .to_bytes()
+        .map_err(|_| SignalingError::Invalid("TOTP secret"))?;
+    // The server's parameters: SHA-1, 6 digits, 30 s steps (the RFC 6238 defaults that
+    // authenticator apps use).
+    let totp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 0, 30, secret);
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_secs())
         .unwrap_or(0);
-    Ok(secret.code_at(secs))
+    Ok(totp.generate(secs))
 }
 
 /// One authenticated `/ws` connection.

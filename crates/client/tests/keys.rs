@@ -886,7 +886,11 @@ async fn a_doctor_who_comes_back_adds_everyone_again_in_one_commit() {
         .into_iter()
         .filter(|f| kid_epoch_bits(f) == Some(1))
         .collect();
-    assert!(frames.len() > 20, "{} frames of the new group", frames.len());
+    assert!(
+        frames.len() > 20,
+        "{} frames of the new group",
+        frames.len()
+    );
     assert_eq!(
         opened_by(&mut old_keys, &frames),
         0,

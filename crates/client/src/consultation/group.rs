@@ -17,8 +17,8 @@ use confide_mls::transparency::{GroupPayload, LogView, LoggedDevice, TreeHead};
 use confide_mls::{
     ClaimedKeyPackage, ConsultationGroup, DeviceName, Incoming, Member, Principal, safety,
 };
-use confide_signaling::model::{ParticipantId, Role};
-use confide_signaling::proto::{ClientMsg, ServerMsg};
+use confide_proto::model::{ParticipantId, Role};
+use confide_proto::{ClientMsg, ServerMsg};
 
 use super::{ConsultationError, Happening, Participant, STEP};
 use crate::device::{DeviceStore, KeyConfig, PinPolicy};

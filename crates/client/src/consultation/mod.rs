@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confide_mls::{ConsultationGroup, DeviceId, DeviceName, Principal};
-use confide_signaling::model::{AppointmentId, DeviceId as WireDeviceId, Role};
-use confide_signaling::proto::{ClientMsg, ParticipantInfo, ServerMsg};
+use confide_proto::model::{AppointmentId, DeviceId as WireDeviceId, Role};
+use confide_proto::{ClientMsg, ParticipantInfo, ServerMsg};
 
 use crate::device::{KeyConfig, StoreError};
 use crate::directory::KeyDirectory;
