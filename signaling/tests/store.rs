@@ -38,6 +38,15 @@ fn device_event(principal: &str, action: AuditAction, d: &DeviceId) -> AuditEven
         .detail("ed25519:AQID")
 }
 
+/// A pending registration of device `device` with key `[key; 32]` for `principal`, at
+/// `T`, with a cap of two devices per principal.
+async fn register_pending(store: &SqlStore, principal: &str, device: u8, key: u8) -> NewDevice {
+    store
+        .add_pending_device(principal, &dev(device), &[key; 32], T, 2)
+        .await
+        .unwrap()
+}
+
 /// The key directory's tables, the relation behind its lookups, and the log reads
 /// behind its proofs. `inv` is a redeemed invite to `appt` (doctor `doc`, patient
 /// `pat`).
@@ -115,10 +124,7 @@ async fn key_directory(
     // A registration is pending (invisible, unusable) until its entry is logged.
     let name = p.to_string();
     assert_eq!(
-        store
-            .add_pending_device(&name, &dev(1), &[1; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &name, 1, 1).await,
         NewDevice::Inserted
     );
     let pending = store.device(&name, &dev(1)).await.unwrap().unwrap();
@@ -128,10 +134,7 @@ async fn key_directory(
     assert!(store.device(&name, &dev(1)).await.unwrap().is_none());
 
     assert_eq!(
-        store
-            .add_pending_device(&name, &dev(1), &[1; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &name, 1, 1).await,
         NewDevice::Inserted
     );
     let (_, leaf) = store
@@ -155,33 +158,21 @@ async fn key_directory(
         (Some(leaf), vec![1; 32], true)
     );
     assert_eq!(
-        store
-            .add_pending_device(&name, &dev(1), &[2; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &name, 1, 2).await,
         NewDevice::Exists(rec.clone())
     );
     // The same id under another principal is another device.
     assert_eq!(
-        store
-            .add_pending_device(&d.to_string(), &dev(1), &[2; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &d.to_string(), 1, 2).await,
         NewDevice::Inserted
     );
     // The cap counts devices that are not revoked, pending ones included.
     assert_eq!(
-        store
-            .add_pending_device(&name, &dev(2), &[2; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &name, 2, 2).await,
         NewDevice::Inserted
     );
     assert_eq!(
-        store
-            .add_pending_device(&name, &dev(3), &[3; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &name, 3, 3).await,
         NewDevice::TooMany
     );
     assert_eq!(store.devices(&name).await.unwrap(), vec![rec.clone()]);
@@ -317,10 +308,7 @@ async fn key_directory(
     assert_eq!(store.devices(&name).await.unwrap(), vec![rec]);
     // A revoked device no longer counts against the cap.
     assert_eq!(
-        store
-            .add_pending_device(&name, &dev(3), &[3; 32], T, 2)
-            .await
-            .unwrap(),
+        register_pending(store, &name, 3, 3).await,
         NewDevice::Inserted
     );
 
