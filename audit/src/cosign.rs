@@ -391,7 +391,8 @@ mod tests {
         let note = signed.to_note(&log.public_key());
         let cosig = w.cosign(&signed.checkpoint, 1_800_000_000);
         let cosigned = format!("{note}{}", cosig.to_line());
-        let (got, cs) = open_cosigned(&cosigned, &log.public_key(), std::slice::from_ref(&vk)).unwrap();
+        let (got, cs) =
+            open_cosigned(&cosigned, &log.public_key(), std::slice::from_ref(&vk)).unwrap();
         assert_eq!((got, cs), (signed.clone(), vec![cosig.clone()]));
         // Not cosigned, cosigned by someone else, or a cosignature moved to another
         // checkpoint: all refused.

@@ -1,5 +1,5 @@
-//! Audit event types. Storage lives in `store::audit` behind one narrow API so a
-//! tamper-evident log can sit behind it later without touching callers.
+//! Audit event types. Storage lives in `store::audit` behind one narrow API; the one
+//! store is the tamper-evident Merkle log of `confide-audit`.
 //!
 //! An event says who (pseudonymous id and role), did what, to what, with which
 //! outcome, when (UTC) and from where. It never carries message content, secrets,
@@ -130,6 +130,10 @@ pub struct AuditEvent {
     pub action: AuditAction,
     /// What the action was about: `appointment:4`, `participant:9`, `account:2`, ...
     pub target: Option<String>,
+    /// The patient whose record the action touched (`account:9`), when it touched one:
+    /// what the per-patient access report selects on.
+    #[serde(default)]
+    pub patient: Option<String>,
     pub outcome: Outcome,
     pub at: Timestamp,
     /// Source IP address, if the action came over the network.
@@ -153,6 +157,7 @@ impl AuditEvent {
             role: None,
             action,
             target: None,
+            patient: None,
             outcome,
             at,
             source: None,
@@ -167,6 +172,15 @@ impl AuditEvent {
     }
     pub fn target(mut self, t: impl ToString) -> Self {
         self.target = Some(t.to_string());
+        self
+    }
+    pub fn patient(mut self, p: impl ToString) -> Self {
+        self.patient = Some(p.to_string());
+        self
+    }
+    /// The patient when there is one (an appointment without a patient has none).
+    pub fn patient_opt(mut self, p: Option<impl ToString>) -> Self {
+        self.patient = p.map(|p| p.to_string());
         self
     }
     pub fn source(mut self, s: Option<String>) -> Self {

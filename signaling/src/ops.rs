@@ -6,6 +6,7 @@ use rand::Rng as _;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditEvent;
 use crate::auth::{TotpSecret, hash_password};
 use crate::crypto::{Keyring, ctx};
 use crate::model::{AccountId, AppointmentId, Role, Timestamp};
@@ -31,11 +32,8 @@ pub struct AccountSpec {
     pub contact: Option<String>,
 }
 
-pub async fn create_account(
-    store: &dyn Store,
-    keyring: &Keyring,
-    spec: AccountSpec,
-) -> Result<AccountId, OpsError> {
+/// Checks `spec`, hashes the password and seals the personal data: the row to insert.
+pub async fn prepare_account(keyring: &Keyring, spec: AccountSpec) -> Result<NewAccount, OpsError> {
     let u = spec.username.trim();
     if u.is_empty()
         || u.len() > 64
@@ -57,22 +55,44 @@ pub async fn create_account(
         .await
         .map_err(|_| OpsError::Hash)?
         .map_err(|_| OpsError::Hash)?;
-    let id = store
-        .create_account(NewAccount {
-            username: u.to_string(),
-            role: spec.role,
-            password_hash: phc,
-            display_name: keyring.seal(
-                ctx::DISPLAY_NAME,
-                spec.display_name.trim().as_bytes(),
-                &mut OsRng,
-            ),
-            contact: spec
-                .contact
-                .map(|c| keyring.seal(ctx::CONTACT, c.as_bytes(), &mut OsRng)),
-            created_at: crate::http::now(),
-        })
-        .await?;
+    Ok(NewAccount {
+        username: u.to_string(),
+        role: spec.role,
+        password_hash: phc,
+        display_name: keyring.seal(
+            ctx::DISPLAY_NAME,
+            spec.display_name.trim().as_bytes(),
+            &mut OsRng,
+        ),
+        contact: spec
+            .contact
+            .map(|c| keyring.seal(ctx::CONTACT, c.as_bytes(), &mut OsRng)),
+        created_at: crate::http::now(),
+    })
+}
+
+pub async fn create_account(
+    store: &dyn Store,
+    keyring: &Keyring,
+    spec: AccountSpec,
+) -> Result<AccountId, OpsError> {
+    let new = prepare_account(keyring, spec).await?;
+    Ok(store.create_account(new).await?)
+}
+
+/// Creates the account and records `audit(id)` in the same transaction: if the entry
+/// cannot be written the account is not created.
+pub async fn create_account_audited(
+    store: &dyn Store,
+    keyring: &Keyring,
+    spec: AccountSpec,
+    audit: impl FnOnce(AccountId) -> AuditEvent,
+) -> Result<AccountId, OpsError> {
+    let new = prepare_account(keyring, spec).await?;
+    let mut tx = store.begin().await?;
+    let id = tx.create_account(new).await?;
+    tx.record_audit(&[audit(id)]).await?;
+    tx.commit().await?;
     Ok(id)
 }
 

@@ -706,7 +706,74 @@ async fn suite(store: SqlStore, url: &str) {
         "old data key dropped"
     );
 
+    one_audit_store(&store, url, &all).await;
     store.close().await;
+}
+
+/// The admin read path reads the Merkle log itself (issue: audit trail, item 2): there
+/// is no second, unguarded table to forge rows in, and a row edited in the log changes
+/// what the admin sees only together with a `verify` finding naming it.
+async fn one_audit_store(
+    store: &SqlStore,
+    url: &str,
+    recorded: &[confide_signaling::audit::AuditRecord],
+) {
+    use confide_audit::store::{AuditStore, Backend as AB};
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let old_table = sqlx::query("SELECT COUNT(*) FROM audit_events")
+        .execute(&mut conn)
+        .await;
+    assert!(old_table.is_err(), "the plain audit_events copy is gone");
+
+    // What the admin read returns is the log's entry at the same sequence number.
+    let backend = if url.starts_with("sqlite:") {
+        AB::Sqlite
+    } else {
+        AB::Postgres
+    };
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let log = AuditStore::attach(pool.clone(), backend);
+    let first = &recorded[0];
+    let entry = log
+        .entries(first.seq.0 as u64, 1)
+        .await
+        .unwrap()
+        .remove(0)
+        .entry;
+    assert_eq!(entry.actor(), first.event.actor);
+    assert_eq!(entry.action(), first.event.action.as_str());
+
+    // Someone with the database owner's rights edits that entry's actor.
+    let drop_guard = match backend {
+        AB::Sqlite => "DROP TRIGGER audit_log_no_update",
+        AB::Postgres => "DROP TRIGGER audit_log_append_only ON audit_log",
+    };
+    sqlx::query(drop_guard).execute(&mut conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'account:99' WHERE seq = $1")
+        .bind(first.seq.0)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let seen = store
+        .audit_events(AuditFilter {
+            actor: Some("account:99".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 1, "the admin read is the log");
+    let key = confide_audit::LogSigningKey::from_seed(&[5; 32]).public_key();
+    let err = log
+        .verify(&key, "test.invalid/log", None, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.finding(),
+        Some(&confide_audit::Finding::Altered {
+            seq: first.seq.0 as u64
+        })
+    );
+    pool.close().await;
 }
 
 #[tokio::test]

@@ -365,7 +365,8 @@ async fn admin(cfg: Config, cmd: AdminCmd) -> anyhow::Result<()> {
         } => {
             let password =
                 std::env::var("CONFIDE_NEW_PASSWORD").context("set CONFIDE_NEW_PASSWORD")?;
-            let id = ops::create_account(
+            // The account and its entry commit together, or neither does.
+            let id = ops::create_account_audited(
                 store.as_ref(),
                 &keyring,
                 ops::AccountSpec {
@@ -375,11 +376,9 @@ async fn admin(cfg: Config, cmd: AdminCmd) -> anyhow::Result<()> {
                     display_name,
                     contact,
                 },
+                |id| cli_event(AuditAction::AccountCreated, id.to_string()),
             )
             .await?;
-            store
-                .record_audit(cli_event(AuditAction::AccountCreated, id.to_string()))
-                .await?;
             println!("created {id}; the user enrols TOTP at first login");
         }
         AdminCmd::DisableAccount { username } => {

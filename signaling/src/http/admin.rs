@@ -70,8 +70,7 @@ pub async fn admin_create_account(
     if req.role == Role::Guest {
         return Err(ApiError::BadRequest("guests come from invites"));
     }
-    let id = crate::ops::create_account(
-        state.store.as_ref(),
+    let new = crate::ops::prepare_account(
         &state.keyring,
         crate::ops::AccountSpec {
             username: req.username,
@@ -87,10 +86,16 @@ pub async fn admin_create_account(
         crate::ops::OpsError::Store(e) => e.into(),
         _ => ApiError::Internal,
     })?;
+    // The account and its entry commit together, or neither does.
+    let mut tx = state.store.begin().await?;
+    let id = tx.create_account(new).await?;
     state
-        .audit(
-            s.event(AuditAction::AccountCreated, Outcome::Success)
-                .target(id),
+        .commit_audited(
+            tx,
+            vec![
+                s.event(AuditAction::AccountCreated, Outcome::Success)
+                    .target(id),
+            ],
         )
         .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))

@@ -109,8 +109,22 @@ pub async fn list_appointments(
     for a in &list {
         out.push(view(&state, a, clinical(s.session.role)).await?);
     }
+    // One entry per appointment shown, naming its patient, so that the per-patient
+    // access report lists whoever listed that patient's appointments; all of them
+    // commit together before anything is returned (fail closed).
+    let mut events: Vec<_> = list
+        .iter()
+        .map(|a| {
+            s.event(AuditAction::AppointmentsListed, Outcome::Success)
+                .target(a.id)
+                .patient_opt(a.patient)
+        })
+        .collect();
+    if events.is_empty() {
+        events.push(s.event(AuditAction::AppointmentsListed, Outcome::Success));
+    }
     state
-        .audit(s.event(AuditAction::AppointmentsListed, Outcome::Success))
+        .commit_audited(state.store.begin().await?, events)
         .await?;
     Ok(Json(out))
 }
@@ -181,8 +195,9 @@ pub async fn book_appointment(
         .reason
         .filter(|r| !r.is_empty())
         .map(|r| state.keyring.seal(ctx::REASON, r.as_bytes(), &mut OsRng));
-    let id = state
-        .store
+    // The appointment and its entry commit together, or neither does.
+    let mut tx = state.store.begin().await?;
+    let id = tx
         .create_appointment(NewAppointment {
             doctor: req.doctor,
             patient: req.patient,
@@ -194,9 +209,13 @@ pub async fn book_appointment(
         })
         .await?;
     state
-        .audit(
-            s.event(AuditAction::AppointmentBooked, Outcome::Success)
-                .target(id),
+        .commit_audited(
+            tx,
+            vec![
+                s.event(AuditAction::AppointmentBooked, Outcome::Success)
+                    .target(id)
+                    .patient_opt(req.patient),
+            ],
         )
         .await?;
     Ok((StatusCode::CREATED, Json(BookResp { id })))

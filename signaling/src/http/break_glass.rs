@@ -62,16 +62,18 @@ pub async fn break_glass(
         return Err(ApiError::InvalidCredentials);
     }
     let expires_at = t.plus_secs(state.settings.break_glass_ttl_s);
-    let grant = state
-        .store
-        .create_break_glass(id, &reason, t, expires_at)
-        .await?;
+    // The grant and its entry commit together, or neither does.
+    let mut tx = state.store.begin().await?;
+    let grant = tx.create_break_glass(id, &reason, t, expires_at).await?;
     state
-        .audit(
-            s.event(AuditAction::BreakGlassGranted, Outcome::Success)
-                .high()
-                .target(format!("break-glass:{grant}"))
-                .detail(reason),
+        .commit_audited(
+            tx,
+            vec![
+                s.event(AuditAction::BreakGlassGranted, Outcome::Success)
+                    .high()
+                    .target(format!("break-glass:{grant}"))
+                    .detail(reason),
+            ],
         )
         .await?;
     Ok((
@@ -126,6 +128,7 @@ pub async fn break_glass_appointment(
             s.event(AuditAction::BreakGlassAccess, Outcome::Success)
                 .high()
                 .target(id)
+                .patient_opt(appt.patient)
                 .detail(format!("break-glass:{}", grant.id)),
         )
         .await?;

@@ -40,7 +40,8 @@ pub async fn chat_history(
     state
         .audit(
             s.event(AuditAction::ChatHistoryRead, Outcome::Success)
-                .target(id),
+                .target(id)
+                .patient_opt(appt.as_ref().and_then(|a| a.patient)),
         )
         .await?;
     Ok(Json(

@@ -66,14 +66,16 @@ pub async fn consent_accept(
         ));
     }
     let t = now();
+    // The consent and its entry commit together, or neither does.
+    let mut tx = state.store.begin().await?;
+    tx.record_consent(&s.actor(), &req.version, t).await?;
     state
-        .store
-        .record_consent(&s.actor(), &req.version, t)
-        .await?;
-    state
-        .audit(
-            s.event(AuditAction::ConsentAccepted, Outcome::Success)
-                .detail(req.version.clone()),
+        .commit_audited(
+            tx,
+            vec![
+                s.event(AuditAction::ConsentAccepted, Outcome::Success)
+                    .detail(req.version.clone()),
+            ],
         )
         .await?;
     Ok(Json(ConsentResp {
@@ -91,8 +93,10 @@ pub async fn consent_revoke(State(state): State<AppState>, s: Authed) -> ApiResu
     } else {
         Outcome::Failure
     };
+    // Withdrawing consent ends a permission: it stands even when its entry cannot be
+    // written (fail open, counted and logged).
     state
-        .audit(s.event(AuditAction::ConsentRevoked, outcome))
-        .await?;
+        .audit_fail_open(s.event(AuditAction::ConsentRevoked, outcome))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

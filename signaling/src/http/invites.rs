@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
-use super::login::{audit_grant, issue_session};
+use super::login::new_session;
 use super::{ApiError, ApiResult, AppState, Authed, Ctx, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::{SessionKind, hash_token, new_token};
@@ -59,8 +59,9 @@ pub async fn create_invite(
     let t = now();
     let expires_at = t.plus_secs(ttl);
     let by = s.account_id().ok_or(ApiError::Forbidden)?;
-    let invite = state
-        .store
+    // The invite and its entry commit together, or neither does.
+    let mut tx = state.store.begin().await?;
+    let invite = tx
         .create_invite(NewInvite {
             appointment: id,
             token_hash: hash,
@@ -70,10 +71,14 @@ pub async fn create_invite(
         })
         .await?;
     state
-        .audit(
-            s.event(AuditAction::InviteCreated, Outcome::Success)
-                .target(id)
-                .detail(format!("guest:{}", invite.0)),
+        .commit_audited(
+            tx,
+            vec![
+                s.event(AuditAction::InviteCreated, Outcome::Success)
+                    .target(id)
+                    .patient_opt(appt.as_ref().and_then(|a| a.patient))
+                    .detail(format!("guest:{}", invite.0)),
+            ],
         )
         .await?;
     Ok((
@@ -151,44 +156,43 @@ pub async fn redeem_invite(
         .appointment(invite.appointment)
         .await?
         .ok_or(ApiError::InviteInvalid)?;
-    if !state.store.redeem_invite(invite.id, t).await? {
+    // Redemption, consent, the guest's session and their entries commit together:
+    // if the entries cannot be written the link stays unused and no session exists.
+    let mut tx = state.store.begin().await?;
+    if !tx.redeem_invite(invite.id, t).await? {
+        drop(tx);
         state
             .audit(refuse(actor, "used").target(invite.appointment))
             .await?;
         return Err(ApiError::InviteInvalid);
     }
-    state
-        .store
-        .record_consent(&actor, &state.settings.terms_version, t)
+    tx.record_consent(&actor, &state.settings.terms_version, t)
         .await?;
     // The guest session lives no longer than the consultation window.
     let until = appt.end().plus_secs(state.settings.join_grace_s);
     let lifetime = ((until.0 - t.0) / 1000).clamp(60, state.settings.session_lifetime_s);
-    let (token, s) = issue_session(
-        &state,
+    let (token, s) = new_session(
         Principal::Guest(invite.id),
         Role::Guest,
         SessionKind::Full,
         Some(invite.appointment),
         lifetime,
-    )
-    .await?;
-    audit_grant(
-        &state,
-        &s,
-        ctx.event(actor.clone(), AuditAction::InviteRedeemed, Outcome::Success)
-            .role(Role::Guest)
-            .target(invite.appointment),
-    )
-    .await?;
-    audit_grant(
-        &state,
-        &s,
-        ctx.event(actor, AuditAction::ConsentAccepted, Outcome::Success)
-            .role(Role::Guest)
-            .detail(state.settings.terms_version.clone()),
-    )
-    .await?;
+    );
+    tx.create_session(&s).await?;
+    state
+        .commit_audited(
+            tx,
+            vec![
+                ctx.event(actor.clone(), AuditAction::InviteRedeemed, Outcome::Success)
+                    .role(Role::Guest)
+                    .target(invite.appointment)
+                    .patient_opt(appt.patient),
+                ctx.event(actor, AuditAction::ConsentAccepted, Outcome::Success)
+                    .role(Role::Guest)
+                    .detail(state.settings.terms_version.clone()),
+            ],
+        )
+        .await?;
     Ok(Json(RedeemResp {
         token,
         role: Role::Guest,

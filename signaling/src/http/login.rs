@@ -85,6 +85,19 @@ pub(super) async fn issue_session(
     scope: Option<AppointmentId>,
     lifetime_s: i64,
 ) -> ApiResult<(String, Session)> {
+    let (token, s) = new_session(principal, role, kind, scope, lifetime_s);
+    state.store.create_session(&s).await?;
+    Ok((token, s))
+}
+
+/// A fresh session and its token, not yet stored.
+pub(super) fn new_session(
+    principal: Principal,
+    role: Role,
+    kind: SessionKind,
+    scope: Option<AppointmentId>,
+    lifetime_s: i64,
+) -> (String, Session) {
     let (token, hash) = new_token(&mut OsRng);
     let now = now();
     let s = Session {
@@ -98,8 +111,7 @@ pub(super) async fn issue_session(
         expires_at: now.plus_secs(lifetime_s),
         revoked: false,
     };
-    state.store.create_session(&s).await?;
-    Ok((token, s))
+    (token, s)
 }
 
 /// The audit entry of a session just issued, before its token leaves the server:

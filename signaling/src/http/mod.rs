@@ -169,6 +169,30 @@ impl AppState {
         }
     }
 
+    /// Records `events` in `tx`, the transaction that made the change they describe,
+    /// and commits both: fail closed with nothing half done. When the entries cannot be
+    /// written the transaction is rolled back (the change never happens), the failure
+    /// is counted and logged as for [`AppState::audit`], and the caller answers
+    /// [`ApiError::AuditUnavailable`].
+    pub async fn commit_audited(
+        &self,
+        mut tx: Box<dyn crate::store::StoreTx>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), ApiError> {
+        for e in &events {
+            op_metrics::on_audit(e.action);
+        }
+        if let Err(err) = tx.record_audit(&events).await {
+            drop(tx);
+            if let Some(e) = events.first() {
+                audit_write_failed(e.action, AuditPolicy::Closed, &err);
+            }
+            return Err(ApiError::AuditUnavailable);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Write the audit entry of an action that must happen even when its entry cannot
     /// be written: ending access (logout, revocation, expiry, disabling an account,
     /// leaving or ending a consultation). A failure is counted

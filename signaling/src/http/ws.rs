@@ -28,7 +28,9 @@ use crate::proto::{
     ClientMsg, ErrorCode, LeaveReason, PROTOCOL_VERSION, ProtoError, ServerMsg, decode_b64,
     decode_client,
 };
-use crate::room::{Consultation, JoinOutcome, Joiner, MlsCommit, RoomError, RoomOutput};
+use crate::room::{
+    Consultation, JoinOutcome, Joiner, MemberState, MlsCommit, RoomError, RoomOutput,
+};
 use crate::store::NewChat;
 
 /// What a connection task is asked to write.
@@ -324,20 +326,48 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
         } => join(state, conn, consultation, device).await,
         ClientMsg::Admit { participant } => {
             let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
+            // Recorded before the room admits (fail closed), for a decision the room
+            // takes as things stand: the doctor admitting someone waiting. Should the
+            // room still refuse (it filled up meanwhile), an `admit_refused` follows.
+            let pending = with_room(state, appt, |r| {
+                (r.role_of(conn.id) == Some(Role::Doctor)
+                    && r.state_of(participant) == Some(MemberState::Waiting))
+                .then(|| r.role_of(participant).unwrap_or(Role::Guest))
+            })
+            .flatten();
+            if let Some(role) = pending {
+                state
+                    .audit(
+                        conn.event(AuditAction::Admitted, Outcome::Success)
+                            .target(participant)
+                            .detail(format!("{appt} {role}")),
+                    )
+                    .await
+                    .map_err(audit_refused)?;
+            }
             let res = with_room(state, appt, |r| r.handle_admit(t, conn.id, participant))
                 .unwrap_or(Err(RoomError::Ended));
-            let (action, outcome) = match res {
-                Ok(_) => (AuditAction::Admitted, Outcome::Success),
-                Err(_) => (AuditAction::AdmitRefused, Outcome::Denied),
-            };
-            let mut e = conn.event(action, outcome).target(participant);
-            e.detail = Some(match res {
-                Ok(role) => format!("{appt} {role}"),
-                Err(e) => format!("{appt} {}", e.code().as_str()),
-            });
-            // Recorded after the room decided; fail open (see docs/security.md,
-            // "What fails closed").
-            state.audit_fail_open(e).await;
+            match &res {
+                Ok(_) if pending.is_some() => {}
+                Ok(role) => {
+                    state
+                        .audit_fail_open(
+                            conn.event(AuditAction::Admitted, Outcome::Success)
+                                .target(participant)
+                                .detail(format!("{appt} {role}")),
+                        )
+                        .await
+                }
+                Err(e) => {
+                    state
+                        .audit_fail_open(
+                            conn.event(AuditAction::AdmitRefused, Outcome::Denied)
+                                .target(participant)
+                                .detail(format!("{appt} {}", e.code().as_str())),
+                        )
+                        .await
+                }
+            }
             res.map(|_| ()).map_err(Into::into)
         }
         ClientMsg::Deny { participant } => {
@@ -457,13 +487,42 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
             };
             let adds = !c.add.is_empty();
             let add_list = c.add.clone();
+            // Admissions by commit are recorded as `admit` ones are, before the room
+            // admits (fail closed): one entry per added participant who is waiting.
+            // Plain commits are not audited (one per epoch, and they say nothing about
+            // who is in).
+            let pending: Vec<(ParticipantId, Role)> = if adds {
+                with_room(state, appt, |r| {
+                    add_list
+                        .iter()
+                        .filter(|p| r.state_of(**p) == Some(MemberState::Waiting))
+                        .map(|p| (*p, r.role_of(*p).unwrap_or(Role::Guest)))
+                        .collect()
+                })
+                .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            for (who, role) in &pending {
+                state
+                    .audit(
+                        conn.event(AuditAction::Admitted, Outcome::Success)
+                            .target(*who)
+                            .detail(format!("{appt} {role} mls")),
+                    )
+                    .await
+                    .map_err(audit_refused)?;
+            }
             let res = with_room(state, appt, |r| r.handle_mls_commit(t, conn.id, c))
                 .unwrap_or(Err(RoomError::Ended));
-            // Admissions by commit are audited as `admit` ones are; plain commits are
-            // not (one per epoch, and they say nothing about who is in).
             match &res {
                 Ok(accepted) => {
+                    // Someone who started waiting between the two looks is admitted
+                    // too; recorded after the fact (fail open).
                     for (who, role) in &accepted.admitted {
+                        if pending.iter().any(|(p, _)| p == who) {
+                            continue;
+                        }
                         state
                             .audit_fail_open(
                                 conn.event(AuditAction::Admitted, Outcome::Success)
@@ -741,6 +800,7 @@ async fn join(
                 .audit(
                     conn.event(action, Outcome::Success)
                         .target(id)
+                        .patient_opt(appt.as_ref().and_then(|a| a.patient))
                         .detail(conn.id.to_string()),
                 )
                 .await;

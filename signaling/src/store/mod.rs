@@ -17,7 +17,7 @@ pub use directory::{
     AddKeyPackages, ClaimedKeyPackage, DeviceRecord, KeyDirectory, KeyPackageCount, LogCheckpoint,
     NewDevice,
 };
-pub use sql::{Backend, SqlStore};
+pub use sql::{Backend, SqlStore, SqlTx};
 
 use async_trait::async_trait;
 
@@ -238,9 +238,40 @@ pub struct BreakGlassGrant {
     pub expires_at: Timestamp,
 }
 
+/// A write and the audit entries that record it, in one database transaction: the
+/// entries commit with the change or neither happens (an action whose entry cannot be
+/// written is not left half done). Dropping it without [`StoreTx::commit`] rolls back.
+///
+/// Hold it briefly: recording takes the audit log's head lock, which serialises every
+/// audited write and append.
+#[async_trait]
+pub trait StoreTx: Send {
+    async fn create_account(&mut self, a: NewAccount) -> Result<AccountId>;
+    async fn create_session(&mut self, s: &Session) -> Result<()>;
+    async fn create_appointment(&mut self, a: NewAppointment) -> Result<AppointmentId>;
+    async fn create_invite(&mut self, i: NewInvite) -> Result<InviteId>;
+    /// As [`Store::redeem_invite`].
+    async fn redeem_invite(&mut self, id: InviteId, now: Timestamp) -> Result<bool>;
+    async fn record_consent(&mut self, subject: &str, version: &str, now: Timestamp) -> Result<()>;
+    async fn revoke_consent(&mut self, subject: &str, now: Timestamp) -> Result<bool>;
+    async fn create_break_glass(
+        &mut self,
+        admin: AccountId,
+        reason: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<i64>;
+    /// Appends `events` to the audit log inside this transaction.
+    async fn record_audit(&mut self, events: &[crate::audit::AuditEvent]) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
 #[async_trait]
 pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
+
+    /// Starts a transaction for a write that is audited together with its entries.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 
     // accounts
     async fn create_account(&self, a: NewAccount) -> Result<AccountId>;

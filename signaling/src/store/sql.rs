@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::*;
 use crate::auth::{Session, SessionKind};
@@ -156,6 +156,191 @@ fn session_from(r: &AnyRow) -> Result<Session> {
     })
 }
 
+// Writes shared by the store's own methods and by audited transactions
+// ([`SqlTx`]): one body of SQL whatever the executor.
+
+async fn w_create_account(c: &mut AnyConnection, a: NewAccount) -> Result<AccountId> {
+    let row = sqlx::query(
+        "INSERT INTO accounts (username, role, password_hash, display_name, contact, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(a.username)
+    .bind(a.role.as_str())
+    .bind(a.password_hash)
+    .bind(a.display_name)
+    .bind(a.contact)
+    .bind(a.created_at.0)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(AccountId(row.try_get(0)?))
+}
+
+async fn w_create_session(c: &mut AnyConnection, s: &Session) -> Result<()> {
+    let (account, invite) = match &s.principal {
+        Principal::Account(a) => (Some(a.0), None),
+        Principal::Guest(i) => (None, Some(i.0)),
+    };
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, account_id, invite_id, role, kind, scope_appointment, \
+         created_at, last_seen, expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(s.token_hash.clone())
+    .bind(account)
+    .bind(invite)
+    .bind(s.role.as_str())
+    .bind(s.kind.as_str())
+    .bind(s.scope.map(|a| a.0))
+    .bind(s.created_at.0)
+    .bind(s.last_seen.0)
+    .bind(s.expires_at.0)
+    .bind(b(s.revoked))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+async fn w_create_appointment(c: &mut AnyConnection, a: NewAppointment) -> Result<AppointmentId> {
+    let row = sqlx::query(
+        "INSERT INTO appointments (doctor_id, patient_id, start_at, duration_s, reason, status, \
+         created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(a.doctor.0)
+    .bind(a.patient.map(|p| p.0))
+    .bind(a.start.0)
+    .bind(a.duration_s)
+    .bind(a.reason)
+    .bind(AppointmentStatus::Booked.as_str())
+    .bind(a.created_by.0)
+    .bind(a.created_at.0)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(AppointmentId(row.try_get(0)?))
+}
+
+async fn w_create_invite(c: &mut AnyConnection, i: NewInvite) -> Result<InviteId> {
+    let row = sqlx::query(
+        "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(i.appointment.0)
+    .bind(i.token_hash)
+    .bind(i.expires_at.0)
+    .bind(i.created_by.0)
+    .bind(i.created_at.0)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(InviteId(row.try_get(0)?))
+}
+
+async fn w_redeem_invite(c: &mut AnyConnection, id: InviteId, now: Timestamp) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE invites SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now.0)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn w_revoke_consent(c: &mut AnyConnection, subject: &str, now: Timestamp) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE consents SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL",
+    )
+    .bind(now.0)
+    .bind(subject)
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+async fn w_create_break_glass(
+    c: &mut AnyConnection,
+    admin: AccountId,
+    reason: &str,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO break_glass (admin_id, reason, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(admin.0)
+    .bind(reason)
+    .bind(now.0)
+    .bind(expires_at.0)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
+async fn w_record_consent(
+    c: &mut AnyConnection,
+    subject: &str,
+    version: &str,
+    now: Timestamp,
+) -> Result<()> {
+    // One active consent per subject: accepting a new version supersedes the old.
+    sqlx::query("UPDATE consents SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL")
+        .bind(now.0)
+        .bind(subject)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("INSERT INTO consents (subject, version, accepted_at) VALUES ($1, $2, $3)")
+        .bind(subject)
+        .bind(version)
+        .bind(now.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// [`StoreTx`] over one sqlx transaction.
+pub struct SqlTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+#[async_trait]
+impl StoreTx for SqlTx {
+    async fn create_account(&mut self, a: NewAccount) -> Result<AccountId> {
+        w_create_account(&mut self.tx, a).await
+    }
+    async fn create_session(&mut self, s: &Session) -> Result<()> {
+        w_create_session(&mut self.tx, s).await
+    }
+    async fn create_appointment(&mut self, a: NewAppointment) -> Result<AppointmentId> {
+        w_create_appointment(&mut self.tx, a).await
+    }
+    async fn create_invite(&mut self, i: NewInvite) -> Result<InviteId> {
+        w_create_invite(&mut self.tx, i).await
+    }
+    async fn redeem_invite(&mut self, id: InviteId, now: Timestamp) -> Result<bool> {
+        w_redeem_invite(&mut self.tx, id, now).await
+    }
+    async fn record_consent(&mut self, subject: &str, version: &str, now: Timestamp) -> Result<()> {
+        w_record_consent(&mut self.tx, subject, version, now).await
+    }
+    async fn revoke_consent(&mut self, subject: &str, now: Timestamp) -> Result<bool> {
+        w_revoke_consent(&mut self.tx, subject, now).await
+    }
+    async fn create_break_glass(
+        &mut self,
+        admin: AccountId,
+        reason: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<i64> {
+        w_create_break_glass(&mut self.tx, admin, reason, now, expires_at).await
+    }
+    async fn record_audit(&mut self, events: &[crate::audit::AuditEvent]) -> Result<()> {
+        super::merkle::record_within(&mut self.tx, events).await?;
+        Ok(())
+    }
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<()> {
@@ -163,20 +348,19 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        // SQLite: take the write lock up front. A deferred transaction that reads
+        // before it writes fails at once with "database is locked" when another writer
+        // commits in between; an immediate one waits on the busy timeout instead.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Box::new(SqlTx { tx }))
+    }
+
     async fn create_account(&self, a: NewAccount) -> Result<AccountId> {
-        let row = sqlx::query(
-            "INSERT INTO accounts (username, role, password_hash, display_name, contact, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(a.username)
-        .bind(a.role.as_str())
-        .bind(a.password_hash)
-        .bind(a.display_name)
-        .bind(a.contact)
-        .bind(a.created_at.0)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(AccountId(row.try_get(0)?))
+        w_create_account(&mut *self.pool.acquire().await?, a).await
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>> {
@@ -275,27 +459,7 @@ impl Store for SqlStore {
     }
 
     async fn create_session(&self, s: &Session) -> Result<()> {
-        let (account, invite) = match &s.principal {
-            Principal::Account(a) => (Some(a.0), None),
-            Principal::Guest(i) => (None, Some(i.0)),
-        };
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, account_id, invite_id, role, kind, scope_appointment, \
-             created_at, last_seen, expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(s.token_hash.clone())
-        .bind(account)
-        .bind(invite)
-        .bind(s.role.as_str())
-        .bind(s.kind.as_str())
-        .bind(s.scope.map(|a| a.0))
-        .bind(s.created_at.0)
-        .bind(s.last_seen.0)
-        .bind(s.expires_at.0)
-        .bind(b(s.revoked))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        w_create_session(&mut *self.pool.acquire().await?, s).await
     }
 
     async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>> {
@@ -335,21 +499,7 @@ impl Store for SqlStore {
     }
 
     async fn create_appointment(&self, a: NewAppointment) -> Result<AppointmentId> {
-        let row = sqlx::query(
-            "INSERT INTO appointments (doctor_id, patient_id, start_at, duration_s, reason, status, \
-             created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(a.doctor.0)
-        .bind(a.patient.map(|p| p.0))
-        .bind(a.start.0)
-        .bind(a.duration_s)
-        .bind(a.reason)
-        .bind(AppointmentStatus::Booked.as_str())
-        .bind(a.created_by.0)
-        .bind(a.created_at.0)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(AppointmentId(row.try_get(0)?))
+        w_create_appointment(&mut *self.pool.acquire().await?, a).await
     }
 
     async fn appointment(&self, id: AppointmentId) -> Result<Option<Appointment>> {
@@ -414,18 +564,7 @@ impl Store for SqlStore {
     }
 
     async fn create_invite(&self, i: NewInvite) -> Result<InviteId> {
-        let row = sqlx::query(
-            "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(i.appointment.0)
-        .bind(i.token_hash)
-        .bind(i.expires_at.0)
-        .bind(i.created_by.0)
-        .bind(i.created_at.0)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(InviteId(row.try_get(0)?))
+        w_create_invite(&mut *self.pool.acquire().await?, i).await
     }
 
     async fn invite_by_hash(&self, token_hash: &[u8]) -> Result<Option<InviteRecord>> {
@@ -449,45 +588,18 @@ impl Store for SqlStore {
     }
 
     async fn redeem_invite(&self, id: InviteId, now: Timestamp) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE invites SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND expires_at > $1",
-        )
-        .bind(now.0)
-        .bind(id.0)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        w_redeem_invite(&mut *self.pool.acquire().await?, id, now).await
     }
 
     async fn record_consent(&self, subject: &str, version: &str, now: Timestamp) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        // One active consent per subject: accepting a new version supersedes the old.
-        sqlx::query(
-            "UPDATE consents SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL",
-        )
-        .bind(now.0)
-        .bind(subject)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO consents (subject, version, accepted_at) VALUES ($1, $2, $3)")
-            .bind(subject)
-            .bind(version)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
+        w_record_consent(&mut tx, subject, version, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn revoke_consent(&self, subject: &str, now: Timestamp) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE consents SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL",
-        )
-        .bind(now.0)
-        .bind(subject)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        w_revoke_consent(&mut *self.pool.acquire().await?, subject, now).await
     }
 
     async fn active_consent(&self, subject: &str) -> Result<Option<ConsentRecord>> {
@@ -630,16 +742,14 @@ impl Store for SqlStore {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO break_glass (admin_id, reason, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        w_create_break_glass(
+            &mut *self.pool.acquire().await?,
+            admin,
+            reason,
+            now,
+            expires_at,
         )
-        .bind(admin.0)
-        .bind(reason)
-        .bind(now.0)
-        .bind(expires_at.0)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+        .await
     }
 
     async fn active_break_glass(
