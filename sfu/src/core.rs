@@ -46,8 +46,10 @@ const MAX_ADDRS_PER_PEER: usize = 4;
 /// bounds the renegotiation and forwarding work one participant can cause.
 pub const MAX_TRACKS_PER_PEER: usize = 4;
 /// Media sections per participant SDP, per room member: the client's own tracks plus
-/// one receiving section per track of each other member, and stopped ones browsers keep.
-const MAX_SECTIONS_PER_MEMBER: usize = 4;
+/// one receiving section per track of each other member, and the stopped sections that
+/// pile up as people come and go (browsers keep them). 64 for a room of 8, which is
+/// about what the 64 KiB SDP limit of signaling holds anyway.
+pub const MAX_SECTIONS_PER_MEMBER: usize = 8;
 /// Remote ICE candidates one participant may trickle per ICE session (a restart resets
 /// the count). The SFU is ICE-lite and browsers put theirs in the SDP; this bounds the
 /// candidate list str0m keeps.

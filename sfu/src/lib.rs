@@ -77,7 +77,8 @@ mod tap;
 use std::fmt;
 
 pub use crate::core::{
-    CoreConfig, MAX_CANDIDATES_PER_PEER, MAX_PARTICIPANTS, MAX_TRACKS_PER_PEER, SfuCore, Transmit,
+    CoreConfig, MAX_CANDIDATES_PER_PEER, MAX_PARTICIPANTS, MAX_SECTIONS_PER_MEMBER,
+    MAX_TRACKS_PER_PEER, SfuCore, Transmit,
 };
 pub use crate::edge::{Sfu, SfuConfig, SfuHandle};
 pub use crate::stats::{

@@ -26,12 +26,14 @@ use std::time::Duration;
 use common::frames_for;
 use common::udp::{Rig, now};
 use confide_client::{ClientConfig, ClientEvent, Kind, MediaClient};
-use confide_sfu::{MAX_PARTICIPANTS, ParticipantId, RoomId, SfuConfig};
+use confide_sfu::{MAX_PARTICIPANTS, MAX_SECTIONS_PER_MEMBER, ParticipantId, RoomId, SfuConfig};
 
 /// Frames per phase (30 fps: ten seconds).
 const FRAMES: usize = 300;
 /// Concurrent offer senders of the flooding participant.
 const FLOODERS: usize = 8;
+/// Signaling's SDP size limit (`Limits::sdp`).
+const SDP_LIMIT: usize = 64 * 1024;
 /// The victim's p99 frame latency under flood must stay below this.
 const P99_BOUND: Duration = Duration::from_millis(50);
 
@@ -153,7 +155,12 @@ fn offer_flood_leaves_another_consultation_on_the_worker_within_its_latency_boun
         now(),
     );
     let base = probe.create_offer().unwrap();
-    let offer = padded_offer(&base, 4 * MAX_PARTICIPANTS - 2);
+    // As many sections as the cap allows and signaling's 64 KiB SDP limit lets through.
+    let mut extra = MAX_SECTIONS_PER_MEMBER * MAX_PARTICIPANTS - 2;
+    while padded_offer(&base, extra).len() > SDP_LIMIT {
+        extra -= 1;
+    }
+    let offer = padded_offer(&base, extra);
     let first = rig
         .rt
         .block_on(rig.sfu.offer(flood_room, ParticipantId(66), offer.clone()));

@@ -486,7 +486,10 @@ fn with_extra_sections(sdp: &str, extra: usize, direction: &str) -> String {
 /// candidates are capped per ICE session. Each refusal names the cap.
 #[test]
 fn offers_and_candidates_past_the_caps_are_refused_with_clear_errors() {
-    use confide_sfu::{MAX_CANDIDATES_PER_PEER, MAX_PARTICIPANTS, MAX_TRACKS_PER_PEER, SfuError};
+    use confide_sfu::{
+        MAX_CANDIDATES_PER_PEER, MAX_PARTICIPANTS, MAX_SECTIONS_PER_MEMBER, MAX_TRACKS_PER_PEER,
+        SfuError,
+    };
     let mut sim = Sim::new(14);
     let room = sim.room;
     let now = sim.now;
@@ -497,13 +500,17 @@ fn offers_and_candidates_past_the_caps_are_refused_with_clear_errors() {
     );
     let offer = probe.create_offer().unwrap();
 
-    let big = with_extra_sections(&offer, 4 * MAX_PARTICIPANTS, "a=recvonly");
+    let big = with_extra_sections(
+        &offer,
+        MAX_SECTIONS_PER_MEMBER * MAX_PARTICIPANTS,
+        "a=recvonly",
+    );
     let e = sim
         .core
         .offer(now, room, ParticipantId(9), &big)
         .unwrap_err();
     assert!(
-        matches!(e, SfuError::TooManyMediaSections { max, .. } if max == 4 * MAX_PARTICIPANTS),
+        matches!(e, SfuError::TooManyMediaSections { max, .. } if max == MAX_SECTIONS_PER_MEMBER * MAX_PARTICIPANTS),
         "{e}"
     );
     assert!(e.to_string().contains("at most"), "{e}");
