@@ -33,6 +33,7 @@ use crate::rtc::{
     self, BweKind, Event, Forward, IceConnectionState, Input, KeyframeRequest, LegConfig, Mid,
     Output, Rtc, RtpPacket, SdpPendingOffer, guard,
 };
+use crate::sdp;
 use crate::stats::{DropReason, MediaKind, WorkerStats};
 use crate::{DisconnectReason, ParticipantId, ParticipantStats, RoomId, SfuError, SfuEvent};
 
@@ -40,6 +41,19 @@ use crate::{DisconnectReason, ParticipantId, ParticipantStats, RoomId, SfuError,
 pub const MAX_PARTICIPANTS: usize = 8;
 /// Source addresses remembered per peer (ICE may move; an attacker may spray STUN).
 const MAX_ADDRS_PER_PEER: usize = 4;
+/// Tracks one participant may publish (a client sends audio and video; room for a
+/// screen share and one spare). Each is forwarded to every other member, so the cap
+/// bounds the renegotiation and forwarding work one participant can cause.
+pub const MAX_TRACKS_PER_PEER: usize = 4;
+/// Media sections per participant SDP, per room member: the client's own tracks plus
+/// one receiving section per track of each other member, and the stopped sections that
+/// pile up as people come and go (browsers keep them). 64 for a room of 8, which is
+/// about what the 64 KiB SDP limit of signaling holds anyway.
+pub const MAX_SECTIONS_PER_MEMBER: usize = 8;
+/// Remote ICE candidates one participant may trickle per ICE session (a restart resets
+/// the count). The SFU is ICE-lite and browsers put theirs in the SDP; this bounds the
+/// candidate list str0m keeps.
+pub const MAX_CANDIDATES_PER_PEER: usize = 32;
 /// How often idle/connect timeouts and periodic stats are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// First outgoing sequence number per subscriber stream. Below 2^16 so the SRTP rollover
@@ -111,6 +125,53 @@ impl std::fmt::Debug for CoreConfig {
     }
 }
 
+/// Refuses SDP with more media sections than a full room of `max_participants` needs.
+fn check_shape(sdp: &str, max_participants: usize) -> Result<sdp::Shape, SfuError> {
+    let shape = sdp::shape(sdp);
+    let max = MAX_SECTIONS_PER_MEMBER * max_participants.max(1);
+    if shape.sections > max {
+        return Err(SfuError::TooManyMediaSections {
+            found: shape.sections,
+            max,
+        });
+    }
+    Ok(shape)
+}
+
+/// A participant's SDP offer, checked against the caps and parsed (or the reason it was
+/// refused, reported once the room and participant have been looked up, so errors come
+/// in the same order whoever parsed). Parsing is most of an offer's cost and needs no
+/// peer state, so the edge does it on the caller's thread, not on the media worker that
+/// forwards every room on it.
+pub(crate) struct ParsedOffer(Result<rtc::SdpOffer, SfuError>);
+
+impl ParsedOffer {
+    pub(crate) fn new(sdp: &str, max_participants: usize) -> Self {
+        ParsedOffer((|| {
+            let shape = check_shape(sdp, max_participants)?;
+            if shape.sending > MAX_TRACKS_PER_PEER {
+                return Err(SfuError::TooManyTracks {
+                    found: shape.sending,
+                    max: MAX_TRACKS_PER_PEER,
+                });
+            }
+            rtc::parse_offer(sdp).map_err(SfuError::InvalidSdp)
+        })())
+    }
+}
+
+/// A participant's SDP answer, checked and parsed off the worker (see [`ParsedOffer`]).
+pub(crate) struct ParsedAnswer(Result<rtc::SdpAnswer, SfuError>);
+
+impl ParsedAnswer {
+    pub(crate) fn new(sdp: &str, max_participants: usize) -> Self {
+        ParsedAnswer(
+            check_shape(sdp, max_participants)
+                .and_then(|_| rtc::parse_answer(sdp).map_err(SfuError::InvalidSdp)),
+        )
+    }
+}
+
 /// A datagram to send.
 #[must_use]
 #[derive(Debug)]
@@ -161,6 +222,11 @@ struct Peer {
     id: ParticipantId,
     rtc: Rtc,
     ufrag: String,
+    /// Our ICE password for this leg: the key of the STUN integrity check that must
+    /// pass before a new source address is bound to the peer.
+    ice_pass: String,
+    /// Remote candidates trickled in the current ICE session.
+    candidates: usize,
     addrs: Vec<SocketAddr>,
     published: Vec<Published>,
     subs: Vec<Sub>,
@@ -239,6 +305,8 @@ pub struct SfuCore {
     work: Vec<PeerHandle>,
     /// Peers to remove once the current turn finished (scratch, reused).
     doomed: Vec<(PeerHandle, Option<DisconnectReason>)>,
+    /// STUN integrity (HMAC-SHA1) from str0m's crypto backend.
+    stun_hmac: rtc::StunHmac,
     /// Publishers with new tracks, to offer to the rest of their room (scratch, reused).
     resync: Vec<PeerHandle>,
     /// Whether the datagram being handled produced an RTP packet (drop accounting).
@@ -273,6 +341,7 @@ impl SfuCore {
             events: VecDeque::new(),
             work: Vec::with_capacity(16),
             doomed: Vec::new(),
+            stun_hmac: rtc::stun_hmac(),
             resync: Vec::new(),
             due: Vec::new(),
             now,
@@ -354,8 +423,21 @@ impl SfuCore {
         who: ParticipantId,
         sdp: &str,
     ) -> Result<String, SfuError> {
+        self.room_index.get(&room).ok_or(SfuError::UnknownRoom)?;
+        let parsed = ParsedOffer::new(sdp, self.config.max_participants);
+        self.offer_parsed(now, room, who, parsed)
+    }
+
+    /// [`SfuCore::offer`] with the SDP already checked and parsed (on another thread).
+    pub(crate) fn offer_parsed(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        who: ParticipantId,
+        parsed: ParsedOffer,
+    ) -> Result<String, SfuError> {
         let slot = *self.room_index.get(&room).ok_or(SfuError::UnknownRoom)?;
-        let offer = rtc::parse_offer(sdp).map_err(SfuError::InvalidSdp)?;
+        let offer = parsed.0?;
         let h = match self.find(slot, who) {
             Some(h) => h,
             None => {
@@ -413,8 +495,22 @@ impl SfuCore {
         sdp: &str,
     ) -> Result<(), SfuError> {
         let slot = *self.room_index.get(&room).ok_or(SfuError::UnknownRoom)?;
+        self.find(slot, who).ok_or(SfuError::UnknownParticipant)?;
+        let parsed = ParsedAnswer::new(sdp, self.config.max_participants);
+        self.answer_parsed(now, room, who, parsed)
+    }
+
+    /// [`SfuCore::answer`] with the SDP already checked and parsed (on another thread).
+    pub(crate) fn answer_parsed(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        who: ParticipantId,
+        parsed: ParsedAnswer,
+    ) -> Result<(), SfuError> {
+        let slot = *self.room_index.get(&room).ok_or(SfuError::UnknownRoom)?;
         let h = self.find(slot, who).ok_or(SfuError::UnknownParticipant)?;
-        let answer = rtc::parse_answer(sdp).map_err(SfuError::InvalidSdp)?;
+        let answer = parsed.0?;
         let peer = self.peer_mut(h);
         let (pending, mids) = peer.pending.take().ok_or(SfuError::NoPendingOffer)?;
         match guard(|| rtc::accept_answer(&mut peer.rtc, pending, answer)) {
@@ -471,6 +567,12 @@ impl SfuCore {
         }
         let c = rtc::parse_candidate(candidate).ok_or(SfuError::InvalidCandidate)?;
         let peer = self.peer_mut(h);
+        if peer.candidates >= MAX_CANDIDATES_PER_PEER {
+            return Err(SfuError::TooManyCandidates {
+                max: MAX_CANDIDATES_PER_PEER,
+            });
+        }
+        peer.candidates += 1;
         if guard(|| peer.rtc.add_remote_candidate(c)).is_err() {
             self.doom(h, Some(DisconnectReason::Internal));
         } else {
@@ -536,12 +638,12 @@ impl SfuCore {
         let h = match self.by_addr.get(&src) {
             Some(h) => *h,
             None => match self.peer_by_stun(buf) {
-                Some(h) => {
+                Ok(h) => {
                     self.remember_addr(h, src);
                     h
                 }
-                None => {
-                    self.stats.drop_one(DropReason::UnknownSource);
+                Err(reason) => {
+                    self.stats.drop_one(reason);
                     return;
                 }
             },
@@ -550,10 +652,9 @@ impl SfuCore {
         if self.impaired(h) {
             return;
         }
-        if !self.take_token(h, now) {
-            self.stats.drop_one(DropReason::RateLimited);
-            return;
-        }
+        // No rate budget is spent here: anyone who knows the peer's address can send
+        // from it, and garbage must not use up the real peer's budget. Forwarded RTP
+        // spends it once SRTP authenticated the packet (`forward`).
         let Some(input) = rtc::receive(src, dst, buf) else {
             self.stats.drop_one(DropReason::Rejected);
             return;
@@ -717,10 +818,11 @@ impl SfuCore {
         let built = guard(|| {
             let mut rtc = rtc::new_leg(now, leg);
             let ok = rtc::add_host_candidate(&mut rtc, candidate);
-            let ufrag = rtc::local_ufrag(&mut rtc);
-            (rtc, ok, ufrag)
+            let creds = rtc::local_creds(&mut rtc);
+            (rtc, ok, creds)
         });
-        let (rtc, ok, ufrag) = built.map_err(|()| SfuError::Internal("rtc panicked on build"))?;
+        let (rtc, ok, (ufrag, ice_pass)) =
+            built.map_err(|()| SfuError::Internal("rtc panicked on build"))?;
         if !ok {
             return Err(SfuError::Internal("host candidate rejected"));
         }
@@ -733,6 +835,8 @@ impl SfuCore {
             id: who,
             rtc,
             ufrag: ufrag.clone(),
+            ice_pass,
+            candidates: 0,
             addrs: Vec::with_capacity(MAX_ADDRS_PER_PEER),
             published: Vec::new(),
             subs: Vec::new(),
@@ -781,12 +885,14 @@ impl SfuCore {
         if peer.dead {
             return false;
         }
-        let Ok(ufrag) = guard(|| rtc::local_ufrag(&mut peer.rtc)) else {
+        let Ok((ufrag, pass)) = guard(|| rtc::local_creds(&mut peer.rtc)) else {
             return false;
         };
         if ufrag == peer.ufrag {
             return false;
         }
+        peer.ice_pass = pass;
+        peer.candidates = 0;
         let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
         self.by_ufrag.remove(old.as_bytes());
         self.by_ufrag.insert(ufrag.into_bytes(), h);
@@ -807,9 +913,22 @@ impl SfuCore {
         }
     }
 
-    fn peer_by_stun(&self, buf: &[u8]) -> Option<PeerHandle> {
-        let ufrag = stun_local_ufrag(buf)?;
-        self.by_ufrag.get(ufrag).copied()
+    /// The peer a STUN binding request from a new address names, once its
+    /// MESSAGE-INTEGRITY verifies under that peer's ICE password. The username alone is
+    /// no proof: it travels in clear and sits in the SDP, so anyone who saw it could
+    /// otherwise bind their address to the peer (and evict its real ones).
+    fn peer_by_stun(&self, buf: &[u8]) -> Result<PeerHandle, DropReason> {
+        let peer = stun_local_ufrag(buf)
+            .and_then(|ufrag| self.by_ufrag.get(ufrag).copied())
+            .and_then(|h| Some((h, self.live(h)?)));
+        let Some((h, peer)) = peer else {
+            return Err(DropReason::UnknownSource);
+        };
+        if rtc::stun_request_verifies(buf, &peer.ice_pass, self.stun_hmac) {
+            Ok(h)
+        } else {
+            Err(DropReason::UnverifiedStun)
+        }
     }
 
     fn remember_addr(&mut self, h: PeerHandle, addr: SocketAddr) {
@@ -1022,7 +1141,11 @@ impl SfuCore {
             Event::MediaAdded(m) if rtc::is_receiving(m.direction) => {
                 {
                     let peer = self.peer_mut(h);
-                    if !peer.published.iter().any(|p| p.mid == m.mid) {
+                    // The offer check counts live sections; a client that stops tracks
+                    // and adds new ones in later offers stops here.
+                    if peer.published.len() >= MAX_TRACKS_PER_PEER {
+                        tracing::debug!(room = %peer.room, participant = %peer.id, "track cap reached, track not forwarded");
+                    } else if !peer.published.iter().any(|p| p.mid == m.mid) {
                         // The others learn about it at the end of this turn.
                         self.resync.push(h);
                         let peer = self.peer_mut(h);
@@ -1062,6 +1185,10 @@ impl SfuCore {
     /// The hot path: one incoming packet to every subscriber in the room.
     fn forward(&mut self, from: PeerHandle, pkt: RtpPacket) {
         self.rtp_seen = true;
+        if !self.take_token(from, self.now) {
+            self.stats.drop_one(DropReason::RateLimited);
+            return;
+        }
         let (slot, kind, src_mid, src_gen) = {
             let p = self.peer_mut(from);
             let ssrc = *pkt.header.ssrc;

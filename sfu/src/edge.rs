@@ -4,7 +4,12 @@
 //! candidate), one [`SfuCore`] and every room pinned to it (`room id % workers`), so
 //! forwarding is a direct call with no lock or channel per packet. A turn of the loop:
 //!
-//! 1. drain control messages with `try_recv` (bounded channel, one per worker);
+//! 1. handle control messages with `try_recv` (bounded channel, one per worker), at
+//!    most [`MAX_CONTROL_PER_TURN`] of them and [`CONTROL_BUDGET`] of time: an SDP
+//!    offer is parsed and every member of its room renegotiated here, on the thread
+//!    that forwards every room of the worker, so a flood of them must not hold the
+//!    forwarding back. The rest stay queued, in order, for the next turn (which then
+//!    does not sleep);
 //! 2. wait for the socket or the wake socket until the core's next deadline;
 //! 3. receive what the socket has ready, a bounded number of `recvmmsg` batches
 //!    (quinn-udp), into the core, then send what they produced with `sendmmsg`: every
@@ -28,7 +33,7 @@ use rustix::net::addr::SocketAddrArg;
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{CoreConfig, SfuCore, Transmit};
+use crate::core::{CoreConfig, ParsedAnswer, ParsedOffer, SfuCore, Transmit};
 use crate::stats::{ForwardLatency, SfuStats, SharedStats};
 use crate::{ParticipantId, RoomId, SfuError, SfuEvent};
 
@@ -42,6 +47,11 @@ const MAX_RECV_BATCHES_PER_TURN: usize = 16;
 const MAX_WAIT: Duration = Duration::from_millis(250);
 /// Socket buffer sizes requested from the kernel (it may cap them).
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// Control messages handled per loop turn at most.
+pub const MAX_CONTROL_PER_TURN: usize = 16;
+/// Control work per loop turn: once a turn has spent this long on control messages, the
+/// rest wait for the next turn (one message always runs, so the queue moves).
+pub const CONTROL_BUDGET: Duration = Duration::from_millis(1);
 
 /// Configuration of the whole media plane.
 #[derive(Clone)]
@@ -55,7 +65,8 @@ pub struct SfuConfig {
     /// The address clients reach the workers at, advertised as the ICE host candidate.
     /// Required when `bind_ip` is unspecified (`0.0.0.0`).
     pub public_ip: Option<IpAddr>,
-    /// Control messages queued per worker before callers wait.
+    /// Control messages queued per worker before callers wait (callers are never
+    /// refused: a removal or a room closing waits for room, it is not dropped).
     pub control_capacity: usize,
     /// Events queued for the owner before workers hold them back.
     pub event_capacity: usize,
@@ -141,8 +152,8 @@ type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
 enum Control {
     OpenRoom(RoomId, Reply<()>),
     CloseRoom(RoomId, Reply<()>),
-    Offer(RoomId, ParticipantId, String, Reply<String>),
-    Answer(RoomId, ParticipantId, String, Reply<()>),
+    Offer(RoomId, ParticipantId, ParsedOffer, Reply<String>),
+    Answer(RoomId, ParticipantId, ParsedAnswer, Reply<()>),
     Candidate(RoomId, ParticipantId, String, Reply<()>),
     Remove(RoomId, ParticipantId, Reply<()>),
 }
@@ -157,6 +168,8 @@ struct WorkerRef {
 
 struct Inner {
     workers: Vec<WorkerRef>,
+    /// Room capacity (the SDP caps scale with it).
+    max_participants: usize,
     _threads: Vec<JoinHandle<()>>,
 }
 
@@ -238,6 +251,7 @@ impl Sfu {
         let handle = SfuHandle {
             inner: Arc::new(Inner {
                 workers,
+                max_participants: config.max_participants,
                 _threads: threads,
             }),
         };
@@ -284,7 +298,9 @@ impl SfuHandle {
         participant: ParticipantId,
         sdp: String,
     ) -> Result<String, SfuError> {
-        self.call(room, |r| Control::Offer(room, participant, sdp, r))
+        // Parsed here, on the caller's thread: the media worker only applies it.
+        let parsed = ParsedOffer::new(&sdp, self.inner.max_participants);
+        self.call(room, |r| Control::Offer(room, participant, parsed, r))
             .await
     }
 
@@ -295,7 +311,8 @@ impl SfuHandle {
         participant: ParticipantId,
         sdp: String,
     ) -> Result<(), SfuError> {
-        self.call(room, |r| Control::Answer(room, participant, sdp, r))
+        let parsed = ParsedAnswer::new(&sdp, self.inner.max_participants);
+        self.call(room, |r| Control::Answer(room, participant, parsed, r))
             .await
     }
 
@@ -383,11 +400,14 @@ impl Worker {
         let mut metas = [RecvMeta::default(); BATCH];
         let mut out: Vec<Transmit> = Vec::with_capacity(BATCH * 4);
         loop {
-            if !self.drain_control() {
-                return;
-            }
+            let backlog = match self.drain_control() {
+                Some(backlog) => backlog,
+                None => return,
+            };
             self.flush(&mut out);
             let wait = match self.core.poll_timeout() {
+                // Control messages are waiting: look at the socket and come back.
+                _ if backlog => Duration::ZERO,
                 Some(t) => t.saturating_duration_since(now()).min(MAX_WAIT),
                 None => MAX_WAIT,
             };
@@ -455,14 +475,24 @@ impl Worker {
         s.audio_packets_out + s.video_packets_out
     }
 
-    /// Returns `false` when every handle is gone (shut down).
-    fn drain_control(&mut self) -> bool {
+    /// Handles queued control messages, in order, within the turn's budget. Returns
+    /// whether some are left for the next turn, or `None` when every handle is gone
+    /// (shut down).
+    fn drain_control(&mut self) -> Option<bool> {
+        let start = now();
+        let mut handled = 0;
         loop {
+            if handled >= MAX_CONTROL_PER_TURN
+                || (handled > 0 && now().saturating_duration_since(start) >= CONTROL_BUDGET)
+            {
+                return Some(!self.control.is_empty());
+            }
             let msg = match self.control.try_recv() {
                 Ok(m) => m,
-                Err(mpsc::error::TryRecvError::Empty) => return true,
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => return Some(false),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
             };
+            handled += 1;
             let t = now();
             let c = &mut self.core;
             // The caller may have given up waiting; a dropped reply is fine.
@@ -474,10 +504,10 @@ impl Worker {
                     let _ = r.send(c.close_room(t, room));
                 }
                 Control::Offer(room, who, sdp, r) => {
-                    let _ = r.send(c.offer(t, room, who, &sdp));
+                    let _ = r.send(c.offer_parsed(t, room, who, sdp));
                 }
                 Control::Answer(room, who, sdp, r) => {
-                    let _ = r.send(c.answer(t, room, who, &sdp));
+                    let _ = r.send(c.answer_parsed(t, room, who, sdp));
                 }
                 Control::Candidate(room, who, cand, r) => {
                     let _ = r.send(c.candidate(t, room, who, &cand));

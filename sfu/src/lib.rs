@@ -69,13 +69,17 @@ mod core;
 mod demux;
 pub mod edge;
 mod rtc;
+mod sdp;
 mod stats;
 #[cfg(feature = "tap")]
 mod tap;
 
 use std::fmt;
 
-pub use crate::core::{CoreConfig, MAX_PARTICIPANTS, SfuCore, Transmit};
+pub use crate::core::{
+    CoreConfig, MAX_CANDIDATES_PER_PEER, MAX_PARTICIPANTS, MAX_SECTIONS_PER_MEMBER,
+    MAX_TRACKS_PER_PEER, SfuCore, Transmit,
+};
 pub use crate::edge::{Sfu, SfuConfig, SfuHandle};
 pub use crate::stats::{
     DropReason, FORWARD_LATENCY_BUCKETS_US, ForwardLatency, MediaKind, SfuStats, WorkerStats,
@@ -225,6 +229,28 @@ pub enum SfuError {
     /// The peer (via signaling) sent an ICE candidate that could not be parsed.
     #[error("invalid ICE candidate")]
     InvalidCandidate,
+    /// The peer's SDP has more media sections than the SFU negotiates for one peer.
+    #[error("SDP has {found} media sections; at most {max} are accepted per participant")]
+    TooManyMediaSections {
+        /// Sections in the SDP.
+        found: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The peer's offer publishes more tracks than one participant may send.
+    #[error("offer publishes {found} tracks; at most {max} are accepted per participant")]
+    TooManyTracks {
+        /// Sending sections in the offer.
+        found: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The peer trickled more ICE candidates than one ICE session takes.
+    #[error("too many ICE candidates; at most {max} per ICE session")]
+    TooManyCandidates {
+        /// The cap.
+        max: usize,
+    },
     /// API misuse: `answer` was called while no SFU offer was outstanding.
     #[error("no offer pending for this participant")]
     NoPendingOffer,

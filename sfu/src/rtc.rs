@@ -8,12 +8,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
-use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind as StrKind, Pt};
 use str0m::net::Protocol;
 use str0m::rtp::{Extension, ExtensionValues, RtpWrite, Ssrc, VideoOrientation};
 
-pub(crate) use str0m::change::SdpPendingOffer;
+pub(crate) use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 pub(crate) use str0m::media::Mid;
 pub(crate) use str0m::net::Receive;
 pub(crate) use str0m::rtp::RtpPacket;
@@ -66,8 +65,30 @@ pub(crate) fn add_host_candidate(rtc: &mut Rtc, addr: std::net::SocketAddr) -> b
     }
 }
 
-pub(crate) fn local_ufrag(rtc: &mut Rtc) -> String {
-    rtc.direct_api().local_ice_credentials().ufrag
+/// Our ICE credentials of this leg: `(ufrag, password)`.
+pub(crate) fn local_creds(rtc: &mut Rtc) -> (String, String) {
+    let c = rtc.direct_api().local_ice_credentials();
+    (c.ufrag, c.pass)
+}
+
+/// The HMAC-SHA1 of the crypto backend str0m is built with, for STUN integrity checks
+/// the core makes before it trusts a new source address.
+pub(crate) type StunHmac = &'static dyn str0m::crypto::Sha1HmacProvider;
+
+pub(crate) fn stun_hmac() -> StunHmac {
+    str0m::crypto::from_feature_flags().sha1_hmac_provider
+}
+
+/// Whether `buf` is a STUN binding request whose MESSAGE-INTEGRITY checks out under our
+/// ICE password `pass` (RFC 8445 section 7.2.2: short-term credentials).
+pub(crate) fn stun_request_verifies(buf: &[u8], pass: &str, hmac: StunHmac) -> bool {
+    match str0m::ice::StunMessage::parse(buf) {
+        Ok(m) => {
+            m.is_binding_request()
+                && m.verify(pass.as_bytes(), |key, parts| hmac.sha1_hmac(key, parts))
+        }
+        Err(_) => false,
+    }
 }
 
 pub(crate) fn parse_offer(sdp: &str) -> Result<SdpOffer, String> {

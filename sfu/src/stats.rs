@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const N_FIELDS: usize = 25;
+const N_FIELDS: usize = 26;
 
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,17 +34,22 @@ pub enum DropReason {
     RateLimited,
     /// The peer's `Rtc` panicked; the packet and the peer were dropped.
     Panic,
+    /// A STUN binding request from an address not bound to the peer its username
+    /// names, whose MESSAGE-INTEGRITY did not check out under that peer's ICE
+    /// password: a forged request cannot move a peer to a new address.
+    UnverifiedStun,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (used for the metrics export).
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Garbage,
         DropReason::UnknownSource,
         DropReason::Rejected,
         DropReason::NoRoute,
         DropReason::RateLimited,
         DropReason::Panic,
+        DropReason::UnverifiedStun,
     ];
 
     /// A label for metrics.
@@ -56,6 +61,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::RateLimited => "rate_limited",
             DropReason::Panic => "panic",
+            DropReason::UnverifiedStun => "unverified_stun",
         }
     }
 
@@ -67,6 +73,7 @@ impl DropReason {
             DropReason::NoRoute => 3,
             DropReason::RateLimited => 4,
             DropReason::Panic => 5,
+            DropReason::UnverifiedStun => 6,
         }
     }
 }
@@ -100,7 +107,7 @@ pub struct WorkerStats {
     /// RTP video payload bytes forwarded.
     pub video_bytes_out: u64,
     /// Drops, indexed like [`DropReason::ALL`].
-    pub drops: [u64; 6],
+    pub drops: [u64; 7],
     /// NACKs received from subscribers (answered from the subscriber leg's buffer).
     pub nacks: u64,
     /// NACKs sent to publishers for packets lost on the way in.
@@ -181,6 +188,7 @@ impl WorkerStats {
             self.active_connections,
             self.rooms,
             self.nacks_sent,
+            d[6],
         ]
     }
 
@@ -198,7 +206,7 @@ impl WorkerStats {
             audio_bytes_out: f[9],
             video_packets_out: f[10],
             video_bytes_out: f[11],
-            drops: [f[12], f[13], f[14], f[15], f[16], f[17]],
+            drops: [f[12], f[13], f[14], f[15], f[16], f[17], f[25]],
             nacks: f[18],
             keyframe_requests_in: f[19],
             keyframe_requests_out: f[20],

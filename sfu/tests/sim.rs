@@ -324,9 +324,13 @@ fn trickled_candidates_are_parsed_or_refused() {
     ));
 }
 
+/// RTP-shaped junk from a peer's own address (anyone on the path can send from it):
+/// before SRTP authenticates a packet it spends none of the peer's packet budget, so the
+/// real media that follows at once is forwarded whole. Before the fix the junk drained
+/// the budget and the peer's next packets were dropped as rate-limited.
 #[test]
-fn flood_from_a_known_peer_is_rate_limited_and_the_room_survives() {
-    let mut sim = Sim::new(12);
+fn garbage_rtp_from_a_peers_address_does_not_spend_its_budget() {
+    let mut sim = Sim::with_config(12, |c| c.max_packets_per_sec = 200);
     let (a, b) = sim.pair();
     let (src, dst) = (sim.clients[a].addr, sim.sfu_addr);
     let mut junk = [0u8; 200];
@@ -338,15 +342,209 @@ fn flood_from_a_known_peer_is_rate_limited_and_the_room_survives() {
         sim.core.handle_receive(now, src, dst, &junk);
     }
     let s = *sim.core.stats();
-    assert!(s.drops(DropReason::RateLimited) > 0);
-    assert!(s.drops(DropReason::Rejected) > 0);
+    assert_eq!(s.drops(DropReason::RateLimited), 0);
+    assert!(s.drops(DropReason::Rejected) >= 20_000);
     assert_eq!(s.panics, 0);
-    // After the bucket refills, the publisher's real media flows again.
-    sim.run_for(Duration::from_secs(1));
+    // No pause for a refill: the publisher's real media flows straight away.
     let (v, au) = frames_for(5, 5);
     sim.send_frames(a, &v, &au);
     sim.run_for(Duration::from_millis(300));
     assert_eq!(sim.received(b, Kind::Video, "confide-1"), v);
+    assert_eq!(sim.core.stats().drops(DropReason::RateLimited), 0);
+}
+
+/// The budget still holds for authenticated media: a publisher sending far more than
+/// its packets per second gets the excess dropped, and the room carries on.
+#[test]
+fn authenticated_flood_from_a_peer_is_rate_limited() {
+    let mut sim = Sim::with_config(13, |c| c.max_packets_per_sec = 40);
+    let (a, b) = sim.pair();
+    let (v, au) = frames_for(6, 30);
+    sim.send_frames_unchecked(a, &v, &au);
+    sim.run_for(Duration::from_millis(300));
+    let s = *sim.core.stats();
+    assert!(s.drops(DropReason::RateLimited) > 0, "{s:?}");
+    assert_eq!(s.panics, 0);
+    let got = sim.received(b, Kind::Video, "confide-1");
+    assert!(!got.is_empty() && got.len() < v.len(), "{}", got.len());
+}
+
+/// Our ICE ufrag and password from an SDP answer.
+fn ice_creds(sdp: &str) -> (String, String) {
+    let find = |key: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .to_string()
+    };
+    (find("a=ice-ufrag:"), find("a=ice-pwd:"))
+}
+
+/// A STUN binding request with `user` as USERNAME, signed with `pass` if given.
+fn stun_request(user: &str, pass: Option<&str>) -> Vec<u8> {
+    use str0m::ice::{StunMessage, TransId};
+    let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+    let msg = StunMessage::binding_request(user, TransId::new(), true, 7, 100, false);
+    let mut buf = vec![0u8; 512];
+    let n = msg
+        .to_bytes(pass.map(str::as_bytes), &mut buf, |k, p| {
+            hmac.sha1_hmac(k, p)
+        })
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// The ufrag of a STUN USERNAME travels in clear (and sits in the SDP), so it proves
+/// nothing. Binding requests naming a peer from new addresses, unsigned or signed with
+/// a wrong password, bind no address and evict none of the peer's real ones: its
+/// media keeps flowing and the forged source stays unknown. Before the fix each one
+/// bound its address to the peer and, past four, pushed the real address out.
+#[test]
+fn forged_stun_cannot_bind_a_new_address_or_evict_the_real_one() {
+    let mut sim = Sim::new(31);
+    let (a, b) = sim.pair();
+    let (ufrag, pass) = ice_creds(&sim.clients[a].answer);
+    let user = format!("{ufrag}:attacker");
+    let dst = sim.sfu_addr;
+    for i in 0..6u16 {
+        let src: std::net::SocketAddr = format!("10.9.9.9:{}", 5000 + i).parse().unwrap();
+        let now = sim.now;
+        sim.core
+            .handle_receive(now, src, dst, &stun_request(&user, None));
+        sim.core.handle_receive(
+            now,
+            src,
+            dst,
+            &stun_request(&user, Some("not-the-password")),
+        );
+    }
+    let s = *sim.core.stats();
+    assert_eq!(s.drops(DropReason::UnverifiedStun), 12);
+    // Nothing from a forged source reaches the peer.
+    let forged: std::net::SocketAddr = "10.9.9.9:5000".parse().unwrap();
+    let unknown = s.drops(DropReason::UnknownSource);
+    let now = sim.now;
+    sim.core.handle_receive(now, forged, dst, &[0x80; 100]);
+    assert_eq!(
+        sim.core.stats().drops(DropReason::UnknownSource),
+        unknown + 1
+    );
+    // The real address is still bound: media flows at once, with no STUN round first.
+    let (v, au) = frames_for(3, 4);
+    sim.send_frames(a, &v, &au);
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(sim.received(b, Kind::Video, "confide-1"), v);
+
+    // A request signed with the peer's ICE password does move it (NAT rebinding): what
+    // arrives from the new address reaches the peer (and str0m rejects this junk).
+    let moved: std::net::SocketAddr = "10.9.9.10:6000".parse().unwrap();
+    let now = sim.now;
+    sim.core
+        .handle_receive(now, moved, dst, &stun_request(&user, Some(&pass)));
+    let before = *sim.core.stats();
+    sim.core.handle_receive(now, moved, dst, &[0x80; 100]);
+    let after = *sim.core.stats();
+    assert_eq!(after.drops(DropReason::UnverifiedStun), 12);
+    assert_eq!(
+        after.drops(DropReason::UnknownSource),
+        before.drops(DropReason::UnknownSource)
+    );
+    assert_eq!(
+        after.drops(DropReason::Rejected),
+        before.drops(DropReason::Rejected) + 1
+    );
+}
+
+/// Copies the last media section of `sdp` `extra` times with fresh mids.
+fn with_extra_sections(sdp: &str, extra: usize, direction: &str) -> String {
+    let at = sdp.rfind("m=").unwrap();
+    let (head, last) = sdp.split_at(at);
+    let mut out = format!("{head}{last}");
+    for k in 0..extra {
+        let mut sec = String::new();
+        for line in last.lines() {
+            if line.starts_with("a=mid:") {
+                sec.push_str(&format!("a=mid:x{k}\r\n"));
+            } else if matches!(
+                line,
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+            ) {
+                sec.push_str(&format!("{direction}\r\n"));
+            } else {
+                sec.push_str(line);
+                sec.push_str("\r\n");
+            }
+        }
+        out.push_str(&sec);
+    }
+    out
+}
+
+/// An offer is refused before str0m parses it when it has more media sections than a
+/// full room needs, or publishes more tracks than a participant may send; trickled
+/// candidates are capped per ICE session. Each refusal names the cap.
+#[test]
+fn offers_and_candidates_past_the_caps_are_refused_with_clear_errors() {
+    use confide_sfu::{
+        MAX_CANDIDATES_PER_PEER, MAX_PARTICIPANTS, MAX_SECTIONS_PER_MEMBER, MAX_TRACKS_PER_PEER,
+        SfuError,
+    };
+    let mut sim = Sim::new(14);
+    let room = sim.room;
+    let now = sim.now;
+    let mut probe = confide_client::MediaClient::new(
+        "127.0.0.1:41999".parse().unwrap(),
+        confide_client::ClientConfig::default(),
+        now,
+    );
+    let offer = probe.create_offer().unwrap();
+
+    let big = with_extra_sections(
+        &offer,
+        MAX_SECTIONS_PER_MEMBER * MAX_PARTICIPANTS,
+        "a=recvonly",
+    );
+    let e = sim
+        .core
+        .offer(now, room, ParticipantId(9), &big)
+        .unwrap_err();
+    assert!(
+        matches!(e, SfuError::TooManyMediaSections { max, .. } if max == MAX_SECTIONS_PER_MEMBER * MAX_PARTICIPANTS),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at most"), "{e}");
+
+    let publishing = with_extra_sections(&offer, MAX_TRACKS_PER_PEER - 1, "a=sendonly");
+    let e = sim
+        .core
+        .offer(now, room, ParticipantId(9), &publishing)
+        .unwrap_err();
+    assert!(
+        matches!(e, SfuError::TooManyTracks { found, max } if found == MAX_TRACKS_PER_PEER + 1 && max == MAX_TRACKS_PER_PEER),
+        "{e}"
+    );
+    assert!(sim.core.participants(room).is_empty());
+
+    // The same offer within the caps is fine.
+    sim.core.offer(now, room, ParticipantId(9), &offer).unwrap();
+    for i in 0..MAX_CANDIDATES_PER_PEER {
+        let c = format!(
+            "candidate:1 1 udp 2130706431 127.0.0.1 {} typ host",
+            42000 + i
+        );
+        sim.core.candidate(now, room, ParticipantId(9), &c).unwrap();
+    }
+    let e = sim
+        .core
+        .candidate(
+            now,
+            room,
+            ParticipantId(9),
+            "candidate:1 1 udp 2130706431 127.0.0.1 43000 typ host",
+        )
+        .unwrap_err();
+    assert!(matches!(e, SfuError::TooManyCandidates { .. }), "{e}");
 }
 
 /// The hot path sends in the same turn: a publisher's RTP packet goes out to the

@@ -15,6 +15,8 @@ pub struct SimClient {
     pub client: MediaClient,
     pub events: Vec<ClientEvent>,
     pub muted: bool,
+    /// The SFU's SDP answer to the client's first offer.
+    pub answer: String,
 }
 
 pub struct Sim {
@@ -89,6 +91,7 @@ impl Sim {
             client,
             events: Vec::new(),
             muted: false,
+            answer,
         });
         let i = self.clients.len() - 1;
         self.run_until(Duration::from_secs(10), |s| {

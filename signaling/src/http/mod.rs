@@ -14,6 +14,7 @@ mod gate;
 mod invites;
 mod limiter;
 mod login;
+mod media_lane;
 mod totp;
 mod ws;
 
@@ -42,14 +43,16 @@ use crate::auth::{Session, SessionKind, Throttle, hash_token};
 use crate::crypto::Keyring;
 use crate::media::{MediaEvent, MediaPlane};
 use crate::model::{AccountId, AppointmentId, ParticipantId, Principal, Role, Timestamp};
-use crate::room::MediaCmd;
 use crate::settings::Settings;
 use crate::store::{AccountRecord, Store, StoreError};
 
 pub use directory::CheckpointSigner;
 pub use gate::{Admission, HashGate, Occupied, SHED_RETRY_AFTER_S};
 pub use limiter::{AddrKey, AddrLimiter};
-pub use ws::Outbound;
+pub use media_lane::MAX_PENDING_PER_PARTICIPANT;
+pub use ws::{
+    ICE_CANDIDATES_BURST, ICE_CANDIDATES_PER_S, MEDIA_SDP_BURST, MEDIA_SDP_PER_S, Outbound,
+};
 
 /// Wall clock in milliseconds; the only place the edge reads time.
 pub fn now() -> Timestamp {
@@ -77,8 +80,6 @@ pub struct Inner {
     /// Requests per second per source address (IPv6: per /64) on the credential
     /// endpoints; pruned by [`run_housekeeping`].
     pub ip_limiter: AddrLimiter,
-    media_cmds: mpsc::Sender<MediaCmd>,
-    media_cmd_rx: Mutex<Option<mpsc::Receiver<MediaCmd>>>,
     /// The audit log's checkpoint signer, which the key directory nudges so that a
     /// registration is provable when its response goes out. Set once by the server;
     /// without it, proofs cover entries once some checkpoint is signed (the server's
@@ -120,7 +121,6 @@ impl AppState {
         media: Arc<dyn MediaPlane>,
         static_dir: Option<PathBuf>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(4096);
         AppState(Arc::new(Inner {
             store,
             keyring,
@@ -136,8 +136,6 @@ impl AppState {
             throttle: Mutex::new(Throttle::default()),
             hash_gate: HashGate::for_this_machine(),
             ip_limiter: AddrLimiter::new(10, 30),
-            media_cmds: tx,
-            media_cmd_rx: Mutex::new(Some(rx)),
             signer: OnceLock::new(),
         }))
     }
@@ -225,12 +223,6 @@ impl AppState {
     /// Keys held by the login throttle (tests, metrics).
     pub fn throttle_len(&self) -> usize {
         self.throttle.lock().len()
-    }
-
-    pub(crate) fn queue_media(&self, cmd: MediaCmd) {
-        if self.media_cmds.try_send(cmd).is_err() {
-            tracing::error!("media command queue full; command dropped");
-        }
     }
 
     /// Number of live consultations (for tests and metrics).
@@ -336,32 +328,12 @@ mod op_metrics {
 }
 pub(crate) use op_metrics::WS_CONNECTIONS;
 
-/// Drive the media plane: apply room commands in order and route its events to
-/// connections. Run once per state, for the life of the server.
+/// Route the media plane's events to connections. Run once per state, for the life of
+/// the server. (What signaling asks of the media plane goes through each consultation's
+/// own ordered lane, `media_lane`.)
 pub async fn run_media(state: AppState, mut events: mpsc::Receiver<MediaEvent>) {
-    let Some(mut cmds) = state.media_cmd_rx.lock().take() else {
-        tracing::error!("run_media started twice");
-        return;
-    };
-    loop {
-        tokio::select! {
-            cmd = cmds.recv() => {
-                let Some(cmd) = cmd else { break };
-                let res = match cmd {
-                    MediaCmd::Open(r) => state.media.open_room(r).await,
-                    MediaCmd::Admitted(r, p) => state.media.admitted(r, p).await,
-                    MediaCmd::Remove(r, p) => state.media.remove(r, p).await,
-                    MediaCmd::Close(r) => state.media.close_room(r).await,
-                };
-                if let Err(e) = res {
-                    tracing::warn!(error = %e, "media command failed");
-                }
-            }
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                ws::route_media_event(&state, ev);
-            }
-        }
+    while let Some(ev) = events.recv().await {
+        ws::route_media_event(&state, ev);
     }
 }
 

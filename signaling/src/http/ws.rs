@@ -6,6 +6,7 @@
 //! while the room's lock is held (with `try_send`, never awaiting), which keeps the
 //! order of events inside a consultation the same for every participant.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,15 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use super::media_lane::{ClientMedia, LaneRefused, MediaLane};
 use super::{ApiError, AppState, Ctx, check_token, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{SessionKind, hash_token};
-use crate::media::{MediaError, MediaEvent, MediaRoomId};
+use crate::media::{MediaEvent, MediaRoomId};
 use crate::model::{
     AppointmentId, AppointmentStatus, DeviceId, ParticipantId, Principal, Role, Timestamp,
 };
@@ -45,6 +48,8 @@ pub enum Outbound {
 /// with the removal retries on a fresh room instead of joining a dead one.
 pub(crate) struct RoomSlot {
     pub room: Consultation,
+    /// The room's ordered media-plane work, pushed under this slot's lock.
+    lane: MediaLane,
     pub retired: bool,
 }
 
@@ -60,6 +65,17 @@ const OUTBOUND_QUEUE: usize = 256;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_AUTH_FAILURES: u32 = 5;
 const TOUCH_EVERY_MS: i64 = 5_000;
+/// SDP messages (`media_offer`, `media_answer`) per connection: each is parsed and
+/// applied by the media worker that serves other consultations too. A join takes one
+/// offer and an answer per participant whose tracks arrive; ICE restarts are rare.
+pub const MEDIA_SDP_PER_S: u32 = 2;
+pub const MEDIA_SDP_BURST: u32 = 10;
+/// Trickled `ice_candidate` messages per connection (browsers gather a handful per
+/// interface; the SFU is ICE-lite and reads the candidates in the offer).
+pub const ICE_CANDIDATES_PER_S: u32 = 5;
+pub const ICE_CANDIDATES_BURST: u32 = 20;
+const _: () = assert!(ICE_CANDIDATES_BURST as usize <= super::MAX_PENDING_PER_PARTICIPANT);
+const _: () = assert!(MEDIA_SDP_BURST as usize <= super::MAX_PENDING_PER_PARTICIPANT);
 
 pub async fn upgrade(State(state): State<AppState>, ctx: Ctx, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(WS_MAX_MESSAGE)
@@ -84,6 +100,9 @@ struct Conn {
     auth_failures: u32,
     rate_window: Instant,
     rate_count: u32,
+    /// Media messages have their own, much lower rates than the generic one.
+    sdp_rate: DefaultDirectRateLimiter,
+    ice_rate: DefaultDirectRateLimiter,
     last_touch: Timestamp,
 }
 
@@ -129,6 +148,8 @@ async fn run(state: AppState, ctx: Ctx, socket: WebSocket) {
         auth_failures: 0,
         rate_window: Instant::now(),
         rate_count: 0,
+        sdp_rate: RateLimiter::direct(quota(MEDIA_SDP_PER_S, MEDIA_SDP_BURST)),
+        ice_rate: RateLimiter::direct(quota(ICE_CANDIDATES_PER_S, ICE_CANDIDATES_BURST)),
         last_touch: now(),
     };
     // Metrics: open WebSocket connections (decremented after `disconnect` below).
@@ -435,40 +456,10 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
                 }
             }
         }
-        ClientMsg::MediaOffer { sdp } => {
-            let (room, who) = media_target(state, conn)?;
-            let media = state.media.clone();
-            let tx = conn.tx.clone();
-            tokio::spawn(async move {
-                let reply = match media.offer(room, who, sdp).await {
-                    Ok(answer) => ServerMsg::MediaAnswer { sdp: answer },
-                    Err(e) => media_error(&e),
-                };
-                let _ = tx.send(Outbound::Msg(reply)).await;
-            });
-            Ok(())
-        }
-        ClientMsg::MediaAnswer { sdp } => {
-            let (room, who) = media_target(state, conn)?;
-            let media = state.media.clone();
-            let tx = conn.tx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = media.answer(room, who, sdp).await {
-                    let _ = tx.send(Outbound::Msg(media_error(&e))).await;
-                }
-            });
-            Ok(())
-        }
+        ClientMsg::MediaOffer { sdp } => media_request(state, conn, ClientMedia::Offer(sdp)),
+        ClientMsg::MediaAnswer { sdp } => media_request(state, conn, ClientMedia::Answer(sdp)),
         ClientMsg::IceCandidate { candidate } => {
-            let (room, who) = media_target(state, conn)?;
-            let media = state.media.clone();
-            let tx = conn.tx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = media.candidate(room, who, candidate).await {
-                    let _ = tx.send(Outbound::Msg(media_error(&e))).await;
-                }
-            });
-            Ok(())
+            media_request(state, conn, ClientMedia::Candidate(candidate))
         }
         ClientMsg::MlsCommit {
             commit,
@@ -574,21 +565,54 @@ async fn handle_msg(state: &AppState, conn: &mut Conn, msg: ClientMsg) -> Result
     }
 }
 
-fn media_error(e: &MediaError) -> ServerMsg {
-    ServerMsg::Error {
-        code: ErrorCode::MediaError,
-        message: e.to_string(),
-    }
+fn quota(per_s: u32, burst: u32) -> Quota {
+    let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(nz(per_s)).allow_burst(nz(burst))
 }
 
-fn media_target(
-    state: &AppState,
-    conn: &Conn,
-) -> Result<(MediaRoomId, crate::media::MediaParticipantId), ProtoError> {
+/// Queues a participant's media request on its consultation's lane, after its own rate
+/// limit and the room's admission check; the answer or error comes back on the
+/// connection when the media plane has handled it.
+fn media_request(state: &AppState, conn: &mut Conn, req: ClientMedia) -> Result<(), ProtoError> {
+    let (limiter, what, per_s, burst) = match req {
+        ClientMedia::Candidate(_) => (
+            &conn.ice_rate,
+            "ice_candidate",
+            ICE_CANDIDATES_PER_S,
+            ICE_CANDIDATES_BURST,
+        ),
+        _ => (
+            &conn.sdp_rate,
+            "media_offer and media_answer",
+            MEDIA_SDP_PER_S,
+            MEDIA_SDP_BURST,
+        ),
+    };
+    if limiter.check().is_err() {
+        return Err(ProtoError {
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "too many {what} messages: at most {per_s} per second (bursts of {burst})"
+            ),
+        });
+    }
     let appt = conn.room.ok_or(err(ErrorCode::NotInConsultation))?;
-    with_room(state, appt, |r| r.check_media(conn.id))
-        .unwrap_or(Err(RoomError::Ended))
-        .map_err(Into::into)
+    let tx = conn.tx.clone();
+    // Checked and queued under the room's lock, so it lands in the lane before any
+    // removal or close the room decides later.
+    with_slot(state, appt, |slot| {
+        let (_, who) = slot.room.check_media(conn.id)?;
+        slot.lane
+            .client(&state.media, who, req, tx)
+            .map_err(|refused| ProtoError {
+                code: match refused {
+                    LaneRefused::Busy => ErrorCode::RateLimited,
+                    LaneRefused::Closed => ErrorCode::ConsultationEnded,
+                },
+                message: refused.to_string(),
+            })
+    })
+    .unwrap_or(Err(RoomError::Ended.into()))
 }
 
 async fn hello(
@@ -764,8 +788,10 @@ async fn join(
             .rooms
             .entry(id)
             .or_insert_with(|| {
+                let media_room = hub.media_room_id();
                 Arc::new(Mutex::new(RoomSlot {
-                    room: Consultation::new(id, hub.media_room_id(), closes_at),
+                    room: Consultation::new(id, media_room, closes_at),
+                    lane: MediaLane::new(media_room),
                     retired: false,
                 }))
             })
@@ -784,7 +810,7 @@ async fn join(
             },
         );
         let res = g.room.handle_join(t, joiner.clone());
-        drain(state, &mut g.room);
+        drain(state, &mut g);
         break res;
     };
     match result {
@@ -830,14 +856,23 @@ fn with_room<R>(
     appt: AppointmentId,
     f: impl FnOnce(&mut Consultation) -> R,
 ) -> Option<R> {
+    with_slot(state, appt, |slot| f(&mut slot.room))
+}
+
+/// [`with_room`] with the whole slot (the room and its media lane).
+fn with_slot<R>(
+    state: &AppState,
+    appt: AppointmentId,
+    f: impl FnOnce(&mut RoomSlot) -> R,
+) -> Option<R> {
     let hub = state.hub();
     let slot = hub.rooms.get(&appt)?.value().clone();
     let mut g = slot.lock();
     if g.retired {
         return None;
     }
-    let r = f(&mut g.room);
-    drain(state, &mut g.room);
+    let r = f(&mut g);
+    drain(state, &mut g);
     if g.room.is_empty() || g.room.is_ended() {
         g.retired = true;
         drop(g);
@@ -846,12 +881,12 @@ fn with_room<R>(
     Some(r)
 }
 
-fn drain(state: &AppState, room: &mut Consultation) {
-    while let Some(out) = room.poll_output() {
+fn drain(state: &AppState, slot: &mut RoomSlot) {
+    while let Some(out) = slot.room.poll_output() {
         match out {
             RoomOutput::Send { to, msg } => send_to(state, to, Outbound::Msg(msg)),
             RoomOutput::Close { who } => send_to(state, who, Outbound::Close),
-            RoomOutput::Media(cmd) => state.queue_media(cmd),
+            RoomOutput::Media(cmd) => slot.lane.room_cmd(&state.media, cmd),
         }
     }
 }
