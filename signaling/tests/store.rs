@@ -67,6 +67,7 @@ async fn key_directory(
             expires_at: T.plus_secs(60),
             created_by: doc,
             created_at: T,
+            label: None,
         })
         .await
         .unwrap();
@@ -77,6 +78,7 @@ async fn key_directory(
             expires_at: T.plus_secs(60),
             created_by: doc,
             created_at: T,
+            label: None,
         })
         .await
         .unwrap();
@@ -536,11 +538,20 @@ async fn suite(store: SqlStore, url: &str) {
             expires_at: T.plus_secs(60),
             created_by: doc,
             created_at: T,
+            label: Some(vec![7; 40]),
         })
         .await
         .unwrap();
     let r = store.invite_by_hash(&[3; 32]).await.unwrap().unwrap();
     assert_eq!((r.id, r.appointment, r.used_at), (inv, appt, None));
+    assert_eq!(r.label, Some(vec![7; 40]));
+    let sealed = store.sealed_cells().await.unwrap();
+    assert!(
+        sealed
+            .iter()
+            .any(|c| c.column == SealedColumn::InviteLabel && c.row == inv.0),
+        "key rotation re-seals invite labels"
+    );
     assert!(
         !store.redeem_invite(inv, T.plus_secs(61)).await.unwrap(),
         "expired"

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
-use super::{AnySession, ApiError, ApiResult, AppState, Authed, Ctx, label_of, now};
+use super::{AnySession, ApiError, ApiResult, AppState, Authed, Ctx, invite_label, label_of, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::{
     DUMMY_HASH, Session, SessionKind, ThrottlePolicy, TotpSecret, hash_recovery_code, new_token,
@@ -365,16 +365,20 @@ pub struct MeResp {
 }
 
 pub async fn me(State(state): State<AppState>, s: Authed) -> ApiResult<Json<MeResp>> {
-    let (label, mfa) = match s.account_id() {
-        Some(id) => {
+    let (label, mfa) = match &s.session.principal {
+        Principal::Account(id) => {
             let a = state
                 .store
-                .account(id)
+                .account(*id)
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
             (label_of(&state, &a), a.totp_enabled)
         }
-        None => ("Guest".into(), false),
+        Principal::Guest(id) => {
+            let invite = state.store.invite(*id).await?;
+            let label = invite.map(|i| invite_label(&state, &i));
+            (label.unwrap_or_else(|| "Guest".into()), false)
+        }
     };
     Ok(Json(MeResp {
         principal: s.session.principal.to_string(),

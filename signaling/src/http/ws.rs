@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{ApiError, AppState, Ctx, check_token, label_of, now};
+use super::{ApiError, AppState, Ctx, check_token, invite_label, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{SessionKind, hash_token};
 use crate::media::{MediaError, MediaEvent, MediaRoomId};
@@ -582,7 +582,10 @@ async fn hello(
             Ok(Some(a)) => label_of(state, &a),
             _ => session.role.to_string(),
         },
-        Principal::Guest(_) => "Guest".into(),
+        Principal::Guest(id) => match state.store.invite(id).await {
+            Ok(Some(i)) => invite_label(state, &i),
+            _ => session.role.to_string(),
+        },
     };
     // Recorded before the connection counts as authenticated (fail closed).
     state

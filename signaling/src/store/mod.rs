@@ -142,6 +142,8 @@ pub struct NewInvite {
     pub expires_at: Timestamp,
     pub created_by: AccountId,
     pub created_at: Timestamp,
+    /// The guest's name as the inviter gave it, sealed ([`crate::crypto::ctx::INVITE_LABEL`]).
+    pub label: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +152,8 @@ pub struct InviteRecord {
     pub appointment: AppointmentId,
     pub expires_at: Timestamp,
     pub used_at: Option<Timestamp>,
+    /// Sealed; `None` for invites made before labels existed.
+    pub label: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,14 +204,16 @@ pub enum SealedColumn {
     Contact,
     TotpSecret,
     Reason,
+    InviteLabel,
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 4] = [
+    pub const ALL: [SealedColumn; 5] = [
         SealedColumn::DisplayName,
         SealedColumn::Contact,
         SealedColumn::TotpSecret,
         SealedColumn::Reason,
+        SealedColumn::InviteLabel,
     ];
     pub fn table_column(self) -> (&'static str, &'static str) {
         match self {
@@ -215,6 +221,7 @@ impl SealedColumn {
             SealedColumn::Contact => ("accounts", "contact"),
             SealedColumn::TotpSecret => ("accounts", "totp_secret"),
             SealedColumn::Reason => ("appointments", "reason"),
+            SealedColumn::InviteLabel => ("invites", "label"),
         }
     }
     /// The AAD context the value was sealed with.
@@ -225,6 +232,7 @@ impl SealedColumn {
             SealedColumn::Contact => ctx::CONTACT,
             SealedColumn::TotpSecret => ctx::TOTP_SECRET,
             SealedColumn::Reason => ctx::REASON,
+            SealedColumn::InviteLabel => ctx::INVITE_LABEL,
         }
     }
 }

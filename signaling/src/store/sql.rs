@@ -130,6 +130,7 @@ fn invite_from(r: &AnyRow) -> Result<InviteRecord> {
         appointment: AppointmentId(r.try_get(1)?),
         expires_at: Timestamp(r.try_get(2)?),
         used_at: r.try_get::<Option<i64>, _>(3)?.map(Timestamp),
+        label: r.try_get(4)?,
     })
 }
 
@@ -415,14 +416,15 @@ impl Store for SqlStore {
 
     async fn create_invite(&self, i: NewInvite) -> Result<InviteId> {
         let row = sqlx::query(
-            "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at, label) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(i.appointment.0)
         .bind(i.token_hash)
         .bind(i.expires_at.0)
         .bind(i.created_by.0)
         .bind(i.created_at.0)
+        .bind(i.label)
         .fetch_one(&self.pool)
         .await?;
         Ok(InviteId(row.try_get(0)?))
@@ -430,7 +432,7 @@ impl Store for SqlStore {
 
     async fn invite_by_hash(&self, token_hash: &[u8]) -> Result<Option<InviteRecord>> {
         let row = sqlx::query(
-            "SELECT id, appointment_id, expires_at, used_at FROM invites WHERE token_hash = $1",
+            "SELECT id, appointment_id, expires_at, used_at, label FROM invites WHERE token_hash = $1",
         )
         .bind(token_hash.to_vec())
         .fetch_optional(&self.pool)
@@ -440,7 +442,7 @@ impl Store for SqlStore {
 
     async fn invite(&self, id: InviteId) -> Result<Option<InviteRecord>> {
         let row = sqlx::query(
-            "SELECT id, appointment_id, expires_at, used_at FROM invites WHERE id = $1",
+            "SELECT id, appointment_id, expires_at, used_at, label FROM invites WHERE id = $1",
         )
         .bind(id.0)
         .fetch_optional(&self.pool)
