@@ -399,6 +399,32 @@ async fn suite(store: SqlStore, url: &str) {
     assert!(store.account_by_username("nobody").await.unwrap().is_none());
     assert_eq!(store.list_accounts().await.unwrap().len(), 2);
 
+    // The persisted login throttle: a compare-and-set, so of two attempts that read the
+    // same count only one moves it.
+    assert_eq!(
+        store.login_throttle(doc).await.unwrap(),
+        Some((0, Timestamp(0)))
+    );
+    assert!(store.set_login_throttle(doc, 0, 1, T).await.unwrap());
+    assert!(
+        !store.set_login_throttle(doc, 0, 1, T).await.unwrap(),
+        "lost race"
+    );
+    assert!(
+        store
+            .set_login_throttle(doc, 1, 2, T.plus_secs(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.login_throttle(doc).await.unwrap(),
+        Some((2, T.plus_secs(4)))
+    );
+    assert_eq!(
+        store.login_throttle(AccountId(999_999)).await.unwrap(),
+        None
+    );
+
     // TOTP: pending, enable, replay protection
     store.set_totp_pending(doc, vec![9; 40]).await.unwrap();
     let a = store.account(doc).await.unwrap().unwrap();

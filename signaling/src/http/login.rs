@@ -191,6 +191,54 @@ pub async fn login(
         }
     };
 
+    // The account's own counter also lives in the database, so a restart or another
+    // node continues the count: charged there too, before verifying. A concurrent
+    // attempt that changed it first wins; this one is refused.
+    let persisted = match &account {
+        Some(a) => {
+            let charged = match state.store.login_throttle(a.id).await? {
+                Some((f, next)) => match POLICY_ACCOUNT.charge(f, next, t) {
+                    Ok((nf, nnext)) => state
+                        .store
+                        .set_login_throttle(a.id, f, nf, nnext)
+                        .await?
+                        .then_some(nf)
+                        .ok_or(1),
+                    Err(wait) => Err(wait),
+                },
+                None => Err(1),
+            };
+            match charged {
+                Ok(nf) => Some((a.id, nf)),
+                Err(wait) => {
+                    refund(&state, false);
+                    let (e, refusal) = throttled(wait, "throttle");
+                    state.audit(e).await?;
+                    return Err(refusal);
+                }
+            }
+        }
+        None => None,
+    };
+    // Gives the persisted charge back (`success`: clears the count).
+    let settle = |success: bool| {
+        let store = state.store.clone();
+        async move {
+            let Some((id, seen)) = persisted else {
+                return Ok::<(), ApiError>(());
+            };
+            let (f, next) = if success {
+                (0, t)
+            } else {
+                POLICY_ACCOUNT.uncharge(seen, t)
+            };
+            // Losing this race to a concurrent failure keeps the higher count: the
+            // conservative side.
+            store.set_login_throttle(id, seen, f, next).await?;
+            Ok(())
+        }
+    };
+
     let fail = |detail: &'static str, action: AuditAction| {
         let mut e = ctx
             .event(actor.clone(), action, Outcome::Failure)
@@ -217,6 +265,7 @@ pub async fn login(
 
     if account.role.requires_mfa() && !account.totp_enabled {
         refund(&state, true);
+        settle(true).await?;
         let (token, s) = issue_session(
             &state,
             Principal::Account(account.id),
@@ -274,6 +323,7 @@ pub async fn login(
             (None, None) => {
                 // The password was right; the code comes in the next request.
                 refund(&state, false);
+                settle(false).await?;
                 return Err(ApiError::MfaRequired);
             }
         };
@@ -286,6 +336,7 @@ pub async fn login(
     }
 
     refund(&state, true);
+    settle(true).await?;
     let (token, s) = issue_session(
         &state,
         Principal::Account(account.id),

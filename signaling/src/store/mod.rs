@@ -256,6 +256,19 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn account_by_username(&self, username: &str) -> Result<Option<AccountRecord>>;
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>>;
     async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool>;
+    /// The account's persisted login throttle: failures counted and when the next
+    /// attempt is allowed (`None`: no such account).
+    async fn login_throttle(&self, id: AccountId) -> Result<Option<(u32, Timestamp)>>;
+    /// Compare-and-set of the persisted login throttle: from `seen` failures to
+    /// `failures`, next attempt at `next_at`. False when another attempt (on this node
+    /// or another) changed the count first, so concurrent attempts cannot both pass.
+    async fn set_login_throttle(
+        &self,
+        id: AccountId,
+        seen: u32,
+        failures: u32,
+        next_at: Timestamp,
+    ) -> Result<bool>;
     /// Store a new (sealed) TOTP secret, not yet enabled.
     async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()>;
     /// Enable TOTP, recording the step of the code that confirmed it.

@@ -213,6 +213,38 @@ impl Store for SqlStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn login_throttle(&self, id: AccountId) -> Result<Option<(u32, Timestamp)>> {
+        let row = sqlx::query("SELECT login_failures, login_next_at FROM accounts WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let failures: i64 = r.try_get(0)?;
+        let failures =
+            u32::try_from(failures).map_err(|_| StoreError::Corrupt("login_failures"))?;
+        Ok(Some((failures, Timestamp(r.try_get(1)?))))
+    }
+
+    async fn set_login_throttle(
+        &self,
+        id: AccountId,
+        seen: u32,
+        failures: u32,
+        next_at: Timestamp,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE accounts SET login_failures = $1, login_next_at = $2 \
+             WHERE id = $3 AND login_failures = $4",
+        )
+        .bind(i64::from(failures))
+        .bind(next_at.0)
+        .bind(id.0)
+        .bind(i64::from(seen))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()> {
         sqlx::query(
             "UPDATE accounts SET totp_secret = $1, totp_enabled = 0, totp_last_step = NULL WHERE id = $2",
