@@ -438,6 +438,28 @@ impl Throttle {
 }
 
 impl ThrottlePolicy {
+    /// The next state of a persisted counter (`failures`, next attempt at `next_at`)
+    /// when an attempt comes at `now`: charged before verifying, as
+    /// [`Throttle::handle_attempt`] does; `Err(retry_after_s)` while it must wait.
+    pub fn charge(
+        self,
+        failures: u32,
+        next_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(u32, Timestamp), i64> {
+        if now < next_at {
+            return Err((next_at.0 - now.0 + 999) / 1000);
+        }
+        let f = failures.saturating_add(1);
+        Ok((f, now.plus_secs(self.delay_s(f))))
+    }
+
+    /// A persisted counter after giving back one charge (the attempt was not a failure).
+    pub fn uncharge(self, failures: u32, now: Timestamp) -> (u32, Timestamp) {
+        let f = failures.saturating_sub(1);
+        (f, now.plus_secs(self.delay_s(f)))
+    }
+
     /// Delay after `failures` failures: none for the free ones, then 2^n s up to the cap.
     fn delay_s(self, failures: u32) -> i64 {
         let over = failures.saturating_sub(self.free);
@@ -620,6 +642,31 @@ mod tests {
         // The most recent fresh keys are still there, the oldest are gone.
         assert!(th.check("u:fresh-9999", t).is_err());
         assert_eq!(th.check("u:fresh-0", t), Ok(()));
+    }
+
+    #[test]
+    fn a_persisted_counter_charges_before_verifying_and_waits_out_its_delay() {
+        let p = ThrottlePolicy { free: 2, cap_s: 8 };
+        let t = Timestamp(1_000_000);
+        let (f, next) = p.charge(0, Timestamp(0), t).unwrap();
+        assert_eq!((f, next), (1, t));
+        let (f, next) = p.charge(f, next, t).unwrap();
+        assert_eq!((f, next), (2, t));
+        // The third failure starts the delay; the next attempt must wait it out.
+        let (f, next) = p.charge(f, next, t).unwrap();
+        assert_eq!((f, next), (3, t.plus_secs(2)));
+        assert_eq!(p.charge(f, next, t), Err(2));
+        assert_eq!(p.charge(f, next, Timestamp(t.0 + 1)), Err(2));
+        let later = t.plus_secs(2);
+        let (f, next) = p.charge(f, next, later).unwrap();
+        assert_eq!((f, next), (4, later.plus_secs(4)));
+        // Capped.
+        let (_, next) = p.charge(20, Timestamp(0), t).unwrap();
+        assert_eq!(next, t.plus_secs(8));
+        // A charge given back lowers the count and its delay.
+        assert_eq!(p.uncharge(4, later), (3, later.plus_secs(2)));
+        assert_eq!(p.uncharge(1, later), (0, later));
+        assert_eq!(p.uncharge(0, later), (0, later));
     }
 
     #[test]

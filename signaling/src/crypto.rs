@@ -228,6 +228,7 @@ pub mod ctx {
     pub const CONTACT: &str = "accounts.contact";
     pub const TOTP_SECRET: &str = "accounts.totp_secret";
     pub const REASON: &str = "appointments.reason";
+    pub const INVITE_LABEL: &str = "invites.label";
 }
 
 #[cfg(test)]

@@ -119,6 +119,74 @@ pub fn check(s: Subject<'_>, act: Act, a: Option<&AppointmentFacts>) -> Result<R
     }
 }
 
+/// The parts of an account booking reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountFacts {
+    pub id: AccountId,
+    pub role: Role,
+    pub disabled: bool,
+}
+
+/// An appointment someone asks to book, with what the edge found about its people.
+#[derive(Clone, Copy, Debug)]
+pub struct BookingRequest<'a> {
+    /// The doctor's account; `None` when the id names no account.
+    pub doctor: Option<&'a AccountFacts>,
+    /// `None`: no patient yet. `Some(None)`: the id names no account.
+    pub patient: Option<Option<&'a AccountFacts>>,
+    /// Whether the doctor already has an appointment with this patient (a care
+    /// relationship, started by staff booking a first visit).
+    pub already_treats: bool,
+}
+
+/// Why a booking was refused. The API answers all of them alike ("not allowed"), so a
+/// doctor cannot learn whether an id is a patient; the audit entry says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BookingRefusal {
+    /// Only staff and doctors book.
+    #[error("role")]
+    Role,
+    /// A doctor books only for themselves.
+    #[error("not_self")]
+    NotSelf,
+    /// The doctor id is not an active doctor.
+    #[error("doctor")]
+    Doctor,
+    /// The patient id is not an active patient.
+    #[error("patient")]
+    Patient,
+    /// A doctor books only patients they already treat.
+    #[error("no_relationship")]
+    NoRelationship,
+}
+
+/// The booking policy: scheduling staff book any active doctor with any active patient
+/// (staff start care relationships); a doctor books only for themselves, with no
+/// patient or with a patient they already have an appointment with.
+pub fn check_booking(s: Subject<'_>, b: BookingRequest<'_>) -> Result<(), BookingRefusal> {
+    let me = match (s.principal, s.role) {
+        (Principal::Account(me), Role::Staff | Role::Doctor) => *me,
+        _ => return Err(BookingRefusal::Role),
+    };
+    let doctor = b
+        .doctor
+        .filter(|d| d.role == Role::Doctor && !d.disabled)
+        .ok_or(BookingRefusal::Doctor)?;
+    if s.role == Role::Doctor && doctor.id != me {
+        return Err(BookingRefusal::NotSelf);
+    }
+    let Some(patient) = b.patient else {
+        return Ok(());
+    };
+    patient
+        .filter(|p| p.role == Role::Patient && !p.disabled)
+        .ok_or(BookingRefusal::Patient)?;
+    if s.role == Role::Doctor && !b.already_treats {
+        return Err(BookingRefusal::NoRelationship);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +406,119 @@ mod tests {
         let d = Principal::Account(DOCTOR);
         let s = who(&d, Role::Doctor, None);
         assert_eq!(check(s, Act::Invite, Some(&a)), Ok(Relation::Doctor));
+    }
+
+    mod booking {
+        use super::super::*;
+        use super::{ADMIN, DOCTOR, OTHER_DOCTOR, PATIENT, STAFF};
+        use crate::model::InviteId;
+        use BookingRefusal as B;
+
+        fn acct(id: AccountId, role: Role) -> AccountFacts {
+            AccountFacts {
+                id,
+                role,
+                disabled: false,
+            }
+        }
+
+        fn book(
+            p: &Principal,
+            role: Role,
+            doctor: Option<&AccountFacts>,
+            patient: Option<Option<&AccountFacts>>,
+            already_treats: bool,
+        ) -> Result<(), BookingRefusal> {
+            let s = Subject {
+                principal: p,
+                role,
+                scope: None,
+            };
+            check_booking(
+                s,
+                BookingRequest {
+                    doctor,
+                    patient,
+                    already_treats,
+                },
+            )
+        }
+
+        #[test]
+        fn staff_book_any_active_doctor_with_any_active_patient() {
+            let st = Principal::Account(STAFF);
+            let d = acct(DOCTOR, Role::Doctor);
+            let p = acct(PATIENT, Role::Patient);
+            assert_eq!(
+                book(&st, Role::Staff, Some(&d), Some(Some(&p)), false),
+                Ok(())
+            );
+            assert_eq!(book(&st, Role::Staff, Some(&d), None, false), Ok(()));
+            let not_patient = acct(OTHER_DOCTOR, Role::Doctor);
+            assert_eq!(
+                book(&st, Role::Staff, Some(&d), Some(Some(&not_patient)), false),
+                Err(B::Patient)
+            );
+            assert_eq!(
+                book(&st, Role::Staff, Some(&d), Some(None), false),
+                Err(B::Patient)
+            );
+            let gone = AccountFacts {
+                disabled: true,
+                ..p
+            };
+            assert_eq!(
+                book(&st, Role::Staff, Some(&d), Some(Some(&gone)), false),
+                Err(B::Patient)
+            );
+            assert_eq!(
+                book(&st, Role::Staff, Some(&p), Some(Some(&p)), false),
+                Err(B::Doctor)
+            );
+            assert_eq!(book(&st, Role::Staff, None, None, false), Err(B::Doctor));
+        }
+
+        #[test]
+        fn a_doctor_books_only_for_themselves_and_patients_they_treat() {
+            let me = Principal::Account(DOCTOR);
+            let d = acct(DOCTOR, Role::Doctor);
+            let other = acct(OTHER_DOCTOR, Role::Doctor);
+            let p = acct(PATIENT, Role::Patient);
+            assert_eq!(
+                book(&me, Role::Doctor, Some(&d), Some(Some(&p)), true),
+                Ok(())
+            );
+            assert_eq!(book(&me, Role::Doctor, Some(&d), None, false), Ok(()));
+            assert_eq!(
+                book(&me, Role::Doctor, Some(&d), Some(Some(&p)), false),
+                Err(B::NoRelationship)
+            );
+            assert_eq!(
+                book(&me, Role::Doctor, Some(&other), Some(Some(&p)), true),
+                Err(B::NotSelf)
+            );
+            assert_eq!(
+                book(&me, Role::Doctor, Some(&d), Some(None), false),
+                Err(B::Patient)
+            );
+        }
+
+        #[test]
+        fn patients_guests_and_admins_do_not_book() {
+            let d = acct(DOCTOR, Role::Doctor);
+            let p = acct(PATIENT, Role::Patient);
+            let g = Principal::Guest(InviteId(1));
+            for (who, role) in [
+                (Principal::Account(PATIENT), Role::Patient),
+                (Principal::Account(ADMIN), Role::Admin),
+                (g, Role::Guest),
+            ] {
+                assert_eq!(
+                    book(&who, role, Some(&d), Some(Some(&p)), true),
+                    Err(B::Role),
+                    "{role:?}"
+                );
+            }
+        }
     }
 }

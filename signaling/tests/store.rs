@@ -76,6 +76,7 @@ async fn key_directory(
             expires_at: T.plus_secs(60),
             created_by: doc,
             created_at: T,
+            label: None,
         })
         .await
         .unwrap();
@@ -86,6 +87,7 @@ async fn key_directory(
             expires_at: T.plus_secs(60),
             created_by: doc,
             created_at: T,
+            label: None,
         })
         .await
         .unwrap();
@@ -385,6 +387,32 @@ async fn suite(store: SqlStore, url: &str) {
     assert!(store.account_by_username("nobody").await.unwrap().is_none());
     assert_eq!(store.list_accounts().await.unwrap().len(), 2);
 
+    // The persisted login throttle: a compare-and-set, so of two attempts that read the
+    // same count only one moves it.
+    assert_eq!(
+        store.login_throttle(doc).await.unwrap(),
+        Some((0, Timestamp(0)))
+    );
+    assert!(store.set_login_throttle(doc, 0, 1, T).await.unwrap());
+    assert!(
+        !store.set_login_throttle(doc, 0, 1, T).await.unwrap(),
+        "lost race"
+    );
+    assert!(
+        store
+            .set_login_throttle(doc, 1, 2, T.plus_secs(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.login_throttle(doc).await.unwrap(),
+        Some((2, T.plus_secs(4)))
+    );
+    assert_eq!(
+        store.login_throttle(AccountId(999_999)).await.unwrap(),
+        None
+    );
+
     // TOTP: pending, enable, replay protection
     store.set_totp_pending(doc, vec![9; 40]).await.unwrap();
     let a = store.account(doc).await.unwrap().unwrap();
@@ -524,11 +552,20 @@ async fn suite(store: SqlStore, url: &str) {
             expires_at: T.plus_secs(60),
             created_by: doc,
             created_at: T,
+            label: Some(vec![7; 40]),
         })
         .await
         .unwrap();
     let r = store.invite_by_hash(&[3; 32]).await.unwrap().unwrap();
     assert_eq!((r.id, r.appointment, r.used_at), (inv, appt, None));
+    assert_eq!(r.label, Some(vec![7; 40]));
+    let sealed = store.sealed_cells().await.unwrap();
+    assert!(
+        sealed
+            .iter()
+            .any(|c| c.column == SealedColumn::InviteLabel && c.row == inv.0),
+        "key rotation re-seals invite labels"
+    );
     assert!(
         !store.redeem_invite(inv, T.plus_secs(61)).await.unwrap(),
         "expired"

@@ -248,7 +248,7 @@ async fn consultation(
                     reqwest_post(),
                     &format!("/api/appointments/{appt}/invites"),
                     Some(&staff_token),
-                    Some(&json!({})),
+                    Some(&json!({"label": format!("Guest {}", k + 1)})),
                 )
                 .await?;
             let tok = inv["invite_token"].as_str().unwrap_or_default().to_string();

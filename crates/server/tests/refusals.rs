@@ -78,7 +78,7 @@ async fn another_patient_staff_and_wrong_doctor_are_refused() {
     ts.expect_audit(
         AuditAction::AppointmentBookRefused,
         &d2.to_string(),
-        Some("role"),
+        Some("not_self"),
     )
     .await;
 }
@@ -136,7 +136,7 @@ async fn invites_work_once_and_expire() {
             "POST",
             &format!("/api/appointments/{}/invites", appt.0),
             Some(&doctor),
-            Some(json!({"expires_in_s": 1})),
+            Some(json!({"expires_in_s": 1, "label": "Interpreter"})),
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -162,13 +162,26 @@ async fn invites_work_once_and_expire() {
         "{refused:#?}"
     );
 
+    // Every invite names its guest.
+    for body in [None, Some(json!({})), Some(json!({"label": " \u{7} "}))] {
+        let r = ts
+            .req(
+                "POST",
+                &format!("/api/appointments/{}/invites", appt.0),
+                Some(&doctor),
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+    }
+
     // A good invite: consent first, then one redemption only.
     let r = ts
         .req(
             "POST",
             &format!("/api/appointments/{}/invites", appt.0),
             Some(&doctor),
-            None,
+            Some(json!({"label": "Interpreter"})),
         )
         .await;
     let invite = r.body["invite_token"].as_str().unwrap().to_string();
@@ -227,7 +240,10 @@ async fn invites_work_once_and_expire() {
     d.join(appt).await;
     let wr = d.recv_type("waiting_room").await;
     assert_eq!(wr["waiting"][0]["role"], "guest");
-    assert_eq!(wr["waiting"][0]["label"], "Guest");
+    // The doctor sees the name the invite was made under, not a generic "Guest".
+    assert_eq!(wr["waiting"][0]["label"], "Interpreter");
+    let me = ts.req("GET", "/api/me", Some(&guest), None).await;
+    assert_eq!(me.body["label"], "Interpreter");
     d.send(json!({"type": "admit", "participant": gid})).await;
     g.recv_type("admitted").await;
     let adm = ts.audit_eventually(AuditAction::Admitted).await;

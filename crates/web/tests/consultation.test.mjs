@@ -848,7 +848,8 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
   test('a guest invited by the doctor joins: a tile per participant, everyone decrypts everyone; the guest leaves: tile gone, keys rotate', async () => {
     const d = page.doctor;
     const p = page.patient;
-    // The doctor makes a single-use link in the call view.
+    // The doctor makes a single-use link in the call view, naming the guest.
+    await d.getByLabel("Guest's name and role").fill('Interpreter: A. Rossi');
     await d.getByRole('button', { name: 'Create invite link' }).click();
     const link = await waitFor(async () => (await d.locator('#invite-link').inputValue()) || null,
       { timeout: 10000, what: 'the invite link' });
@@ -888,9 +889,10 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     assert.deepEqual(await g2.evaluate(() => ({ pcs: window.__test.pcs.length, gum: window.__test.gum })), { pcs: 0, gum: 0 });
     await g2.close();
 
-    // The doctor admits the guest.
+    // The doctor sees the guest under the name the invite was made for, and admits them.
     const admit = d.locator('#waiting-list button', { hasText: 'Admit' });
     await admit.first().waitFor({ timeout: 20000 });
+    assert.match(await d.locator('#waiting-list li').first().innerText(), /Interpreter: A\. Rossi \(guest\)/);
     await admit.first().click();
     await g.locator('#view-call').waitFor({ state: 'visible', timeout: 20000 });
 
@@ -926,7 +928,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       assert.equal(st.dropped_unencrypted, 0);
       if (name === 'doctor') {
         const guestTile = tiles.find((t) => t.participant === you.guest);
-        assert.equal(guestTile.label, 'Guest (guest)');
+        assert.equal(guestTile.label, 'Interpreter: A. Rossi (guest)');
       }
       await x.screenshot({ path: path.join(OUT, `${name}-group-call.png`), fullPage: true });
     }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiResult, AppState, Authed, clinical, label_of, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::crypto::ctx;
-use crate::model::{AccountId, AppointmentId, AppointmentStatus, Role, Timestamp};
-use crate::store::{Appointment, AppointmentQuery, NewAppointment};
+use crate::model::{AccountId, AppointmentId, AppointmentStatus, Principal, Role, Timestamp};
+use crate::policy;
+use crate::store::{AccountRecord, Appointment, AppointmentQuery, NewAppointment};
 
 #[derive(Serialize)]
 pub struct PersonRef {
@@ -152,43 +153,48 @@ pub async fn book_appointment(
     Json(req): Json<BookReq>,
 ) -> ApiResult<(StatusCode, Json<BookResp>)> {
     let me = s.account_id();
-    let allowed = match s.session.role {
-        Role::Staff => true,
-        Role::Doctor => me == Some(req.doctor),
-        _ => false,
-    };
-    if !allowed {
-        state
-            .audit(
-                s.event(AuditAction::AppointmentBookRefused, Outcome::Denied)
-                    .detail("role"),
-            )
-            .await?;
-        return Err(ApiError::Forbidden);
-    }
     if !(5..=480).contains(&req.duration_min) {
         return Err(ApiError::BadRequest("duration_min must be 5..=480"));
     }
     if req.reason.as_ref().is_some_and(|r| r.len() > 2000) {
         return Err(ApiError::BadRequest("reason is too long"));
     }
-    let doctor_ok = matches!(state.store.account(req.doctor).await?, Some(a) if a.role == Role::Doctor && !a.disabled);
-    let patient_ok = match req.patient {
-        None => true,
-        Some(p) => {
-            matches!(state.store.account(p).await?, Some(a) if a.role == Role::Patient && !a.disabled)
-        }
+    let facts = |a: AccountRecord| policy::AccountFacts {
+        id: a.id,
+        role: a.role,
+        disabled: a.disabled,
     };
-    if !doctor_ok || !patient_ok {
+    let doctor = state.store.account(req.doctor).await?.map(facts);
+    let patient = match req.patient {
+        Some(p) => Some(state.store.account(p).await?.map(facts)),
+        None => None,
+    };
+    let already_treats = match req.patient {
+        Some(p) if s.session.role == Role::Doctor => {
+            state
+                .store
+                .share_appointment(&Principal::Account(req.doctor), &Principal::Account(p))
+                .await?
+        }
+        _ => false,
+    };
+    let decision = policy::check_booking(
+        s.session.subject(),
+        policy::BookingRequest {
+            doctor: doctor.as_ref(),
+            patient: patient.as_ref().map(Option::as_ref),
+            already_treats,
+        },
+    );
+    if let Err(refusal) = decision {
         state
             .audit(
-                s.event(AuditAction::AppointmentBookRefused, Outcome::Failure)
-                    .detail("bad_participants"),
+                s.event(AuditAction::AppointmentBookRefused, Outcome::Denied)
+                    .detail(refusal.to_string()),
             )
             .await?;
-        return Err(ApiError::BadRequest(
-            "doctor or patient is not a valid account",
-        ));
+        // One answer whatever the reason, so ids cannot be probed for patients.
+        return Err(ApiError::Forbidden);
     }
     let booker = me.ok_or(ApiError::Forbidden)?;
     let reason = req

@@ -17,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, Authed, label_of, now};
+use super::{ApiError, AppState, Authed, invite_label, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::mls_frame::{self, WireFormat};
 use crate::model::{DeviceId, Principal, Role};
@@ -380,7 +380,7 @@ async fn describe(state: &AppState, p: &Principal) -> ApiResult<(Role, String)> 
             Ok((a.role, label_of(state, &a)))
         }
         Principal::Guest(id) => match state.store.invite(*id).await? {
-            Some(i) if i.used_at.is_some() => Ok((Role::Guest, "Guest".into())),
+            Some(i) if i.used_at.is_some() => Ok((Role::Guest, invite_label(state, &i))),
             _ => Err(ApiError::NotFound),
         },
     }

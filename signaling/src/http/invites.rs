@@ -20,6 +20,21 @@ use crate::store::NewInvite;
 pub struct InviteReq {
     #[serde(default)]
     expires_in_s: Option<i64>,
+    /// Who the guest is ("Interpreter: A. Rossi"): the name the doctor sees in the
+    /// waiting room, so someone who got a forwarded link does not pass for the invitee.
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// Longest guest label, in characters.
+pub const LABEL_MAX: usize = 80;
+
+/// A usable guest label: trimmed, 1 to [`LABEL_MAX`] characters, no control characters
+/// (it is shown to people, and must not rewrite their screen).
+fn guest_label(raw: Option<&str>) -> Option<String> {
+    let l = raw?.trim();
+    let n = l.chars().count();
+    ((1..=LABEL_MAX).contains(&n) && !l.chars().any(char::is_control)).then(|| l.to_string())
 }
 
 #[derive(Serialize)]
@@ -51,8 +66,12 @@ pub async fn create_invite(
             _ => ApiError::Forbidden,
         });
     }
-    let ttl = body
-        .and_then(|b| b.0.expires_in_s)
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let label = guest_label(req.label.as_deref()).ok_or(ApiError::BadRequest(
+        "label the invite with the guest's name (1 to 80 characters)",
+    ))?;
+    let ttl = req
+        .expires_in_s
         .unwrap_or(state.settings.invite_ttl_s)
         .clamp(1, 7 * 24 * 3600);
     let (token, hash) = new_token(&mut OsRng);
@@ -68,6 +87,11 @@ pub async fn create_invite(
             expires_at,
             created_by: by,
             created_at: t,
+            label: Some(state.keyring.seal(
+                crate::crypto::ctx::INVITE_LABEL,
+                label.as_bytes(),
+                &mut OsRng,
+            )),
         })
         .await?;
     state
@@ -199,4 +223,30 @@ pub async fn redeem_invite(
         consultation: invite.appointment,
         expires_at: s.expires_at,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_labels_are_trimmed_bounded_and_printable() {
+        assert_eq!(
+            guest_label(Some("  Interpreter: A. Rossi ")).as_deref(),
+            Some("Interpreter: A. Rossi")
+        );
+        assert_eq!(guest_label(Some("Zoë")).as_deref(), Some("Zoë"));
+        for bad in [
+            None,
+            Some(""),
+            Some("   "),
+            Some("a\u{1b}[2J"),
+            Some("line\nbreak"),
+        ] {
+            assert_eq!(guest_label(bad), None, "{bad:?}");
+        }
+        let max = "é".repeat(LABEL_MAX);
+        assert_eq!(guest_label(Some(&max)), Some(max.clone()));
+        assert_eq!(guest_label(Some(&format!("{max}e"))), None);
+    }
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
-use super::{AnySession, ApiError, ApiResult, AppState, Authed, Ctx, label_of, now};
+use super::{AnySession, ApiError, ApiResult, AppState, Authed, Ctx, invite_label, label_of, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::{
     DUMMY_HASH, Session, SessionKind, ThrottlePolicy, TotpSecret, hash_recovery_code, new_token,
@@ -203,6 +203,54 @@ pub async fn login(
         }
     };
 
+    // The account's own counter also lives in the database, so a restart or another
+    // node continues the count: charged there too, before verifying. A concurrent
+    // attempt that changed it first wins; this one is refused.
+    let persisted = match &account {
+        Some(a) => {
+            let charged = match state.store.login_throttle(a.id).await? {
+                Some((f, next)) => match POLICY_ACCOUNT.charge(f, next, t) {
+                    Ok((nf, nnext)) => state
+                        .store
+                        .set_login_throttle(a.id, f, nf, nnext)
+                        .await?
+                        .then_some(nf)
+                        .ok_or(1),
+                    Err(wait) => Err(wait),
+                },
+                None => Err(1),
+            };
+            match charged {
+                Ok(nf) => Some((a.id, nf)),
+                Err(wait) => {
+                    refund(&state, false);
+                    let (e, refusal) = throttled(wait, "throttle");
+                    state.audit(e).await?;
+                    return Err(refusal);
+                }
+            }
+        }
+        None => None,
+    };
+    // Gives the persisted charge back (`success`: clears the count).
+    let settle = |success: bool| {
+        let store = state.store.clone();
+        async move {
+            let Some((id, seen)) = persisted else {
+                return Ok::<(), ApiError>(());
+            };
+            let (f, next) = if success {
+                (0, t)
+            } else {
+                POLICY_ACCOUNT.uncharge(seen, t)
+            };
+            // Losing this race to a concurrent failure keeps the higher count: the
+            // conservative side.
+            store.set_login_throttle(id, seen, f, next).await?;
+            Ok(())
+        }
+    };
+
     let fail = |detail: &'static str, action: AuditAction| {
         let mut e = ctx
             .event(actor.clone(), action, Outcome::Failure)
@@ -229,6 +277,7 @@ pub async fn login(
 
     if account.role.requires_mfa() && !account.totp_enabled {
         refund(&state, true);
+        settle(true).await?;
         let (token, s) = issue_session(
             &state,
             Principal::Account(account.id),
@@ -286,6 +335,7 @@ pub async fn login(
             (None, None) => {
                 // The password was right; the code comes in the next request.
                 refund(&state, false);
+                settle(false).await?;
                 return Err(ApiError::MfaRequired);
             }
         };
@@ -298,6 +348,7 @@ pub async fn login(
     }
 
     refund(&state, true);
+    settle(true).await?;
     let (token, s) = issue_session(
         &state,
         Principal::Account(account.id),
@@ -377,16 +428,20 @@ pub struct MeResp {
 }
 
 pub async fn me(State(state): State<AppState>, s: Authed) -> ApiResult<Json<MeResp>> {
-    let (label, mfa) = match s.account_id() {
-        Some(id) => {
+    let (label, mfa) = match &s.session.principal {
+        Principal::Account(id) => {
             let a = state
                 .store
-                .account(id)
+                .account(*id)
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
             (label_of(&state, &a), a.totp_enabled)
         }
-        None => ("Guest".into(), false),
+        Principal::Guest(id) => {
+            let invite = state.store.invite(*id).await?;
+            let label = invite.map(|i| invite_label(&state, &i));
+            (label.unwrap_or_else(|| "Guest".into()), false)
+        }
     };
     Ok(Json(MeResp {
         principal: s.session.principal.to_string(),

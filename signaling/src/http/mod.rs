@@ -756,6 +756,20 @@ pub(crate) fn label_of(state: &AppState, a: &AccountRecord) -> String {
         .unwrap_or_else(|_| a.role.to_string())
 }
 
+/// The display label of a guest: the name its invite was made under ("Guest" for an
+/// invite made before invites carried one).
+pub(crate) fn invite_label(state: &AppState, i: &crate::store::InviteRecord) -> String {
+    i.label
+        .as_ref()
+        .and_then(|l| {
+            state
+                .keyring
+                .open_string(crate::crypto::ctx::INVITE_LABEL, l)
+                .ok()
+        })
+        .unwrap_or_else(|| "Guest".into())
+}
+
 /// Whether `role` may see the clinical content of appointments at all.
 pub(crate) fn clinical(role: Role) -> bool {
     matches!(role, Role::Doctor | Role::Patient)

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::media_lane::{ClientMedia, LaneRefused, MediaLane};
-use super::{ApiError, AppState, Ctx, check_token, label_of, now};
+use super::{ApiError, AppState, Ctx, check_token, invite_label, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{SessionKind, hash_token};
 use crate::media::{MediaEvent, MediaRoomId};
@@ -659,7 +659,10 @@ async fn hello(
             Ok(Some(a)) => label_of(state, &a),
             _ => session.role.to_string(),
         },
-        Principal::Guest(_) => "Guest".into(),
+        Principal::Guest(id) => match state.store.invite(id).await {
+            Ok(Some(i)) => invite_label(state, &i),
+            _ => session.role.to_string(),
+        },
     };
     // Recorded before the connection counts as authenticated (fail closed).
     state
@@ -826,7 +829,7 @@ async fn join(
                 .audit(
                     conn.event(action, Outcome::Success)
                         .target(id)
-                        .patient_opt(appt.as_ref().and_then(|a| a.patient))
+                        .patient_opt(appointment.patient)
                         .detail(conn.id.to_string()),
                 )
                 .await;

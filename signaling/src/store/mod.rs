@@ -142,6 +142,8 @@ pub struct NewInvite {
     pub expires_at: Timestamp,
     pub created_by: AccountId,
     pub created_at: Timestamp,
+    /// The guest's name as the inviter gave it, sealed ([`crate::crypto::ctx::INVITE_LABEL`]).
+    pub label: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +152,8 @@ pub struct InviteRecord {
     pub appointment: AppointmentId,
     pub expires_at: Timestamp,
     pub used_at: Option<Timestamp>,
+    /// Sealed; `None` for invites made before labels existed.
+    pub label: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,14 +204,16 @@ pub enum SealedColumn {
     Contact,
     TotpSecret,
     Reason,
+    InviteLabel,
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 4] = [
+    pub const ALL: [SealedColumn; 5] = [
         SealedColumn::DisplayName,
         SealedColumn::Contact,
         SealedColumn::TotpSecret,
         SealedColumn::Reason,
+        SealedColumn::InviteLabel,
     ];
     pub fn table_column(self) -> (&'static str, &'static str) {
         match self {
@@ -215,6 +221,7 @@ impl SealedColumn {
             SealedColumn::Contact => ("accounts", "contact"),
             SealedColumn::TotpSecret => ("accounts", "totp_secret"),
             SealedColumn::Reason => ("appointments", "reason"),
+            SealedColumn::InviteLabel => ("invites", "label"),
         }
     }
     /// The AAD context the value was sealed with.
@@ -225,6 +232,7 @@ impl SealedColumn {
             SealedColumn::Contact => ctx::CONTACT,
             SealedColumn::TotpSecret => ctx::TOTP_SECRET,
             SealedColumn::Reason => ctx::REASON,
+            SealedColumn::InviteLabel => ctx::INVITE_LABEL,
         }
     }
 }
@@ -279,6 +287,19 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn account_by_username(&self, username: &str) -> Result<Option<AccountRecord>>;
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>>;
     async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool>;
+    /// The account's persisted login throttle: failures counted and when the next
+    /// attempt is allowed (`None`: no such account).
+    async fn login_throttle(&self, id: AccountId) -> Result<Option<(u32, Timestamp)>>;
+    /// Compare-and-set of the persisted login throttle: from `seen` failures to
+    /// `failures`, next attempt at `next_at`. False when another attempt (on this node
+    /// or another) changed the count first, so concurrent attempts cannot both pass.
+    async fn set_login_throttle(
+        &self,
+        id: AccountId,
+        seen: u32,
+        failures: u32,
+        next_at: Timestamp,
+    ) -> Result<bool>;
     /// Store a new (sealed) TOTP secret, not yet enabled.
     async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()>;
     /// Enable TOTP, recording the step of the code that confirmed it.

@@ -130,6 +130,7 @@ fn invite_from(r: &AnyRow) -> Result<InviteRecord> {
         appointment: AppointmentId(r.try_get(1)?),
         expires_at: Timestamp(r.try_get(2)?),
         used_at: r.try_get::<Option<i64>, _>(3)?.map(Timestamp),
+        label: r.try_get(4)?,
     })
 }
 
@@ -219,14 +220,15 @@ async fn w_create_appointment(c: &mut AnyConnection, a: NewAppointment) -> Resul
 
 async fn w_create_invite(c: &mut AnyConnection, i: NewInvite) -> Result<InviteId> {
     let row = sqlx::query(
-        "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO invites (appointment_id, token_hash, expires_at, created_by, created_at, label) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(i.appointment.0)
     .bind(i.token_hash)
     .bind(i.expires_at.0)
     .bind(i.created_by.0)
     .bind(i.created_at.0)
+    .bind(i.label)
     .fetch_one(&mut *c)
     .await?;
     Ok(InviteId(row.try_get(0)?))
@@ -393,6 +395,38 @@ impl Store for SqlStore {
             .bind(id.0)
             .execute(&self.pool)
             .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn login_throttle(&self, id: AccountId) -> Result<Option<(u32, Timestamp)>> {
+        let row = sqlx::query("SELECT login_failures, login_next_at FROM accounts WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let failures: i64 = r.try_get(0)?;
+        let failures =
+            u32::try_from(failures).map_err(|_| StoreError::Corrupt("login_failures"))?;
+        Ok(Some((failures, Timestamp(r.try_get(1)?))))
+    }
+
+    async fn set_login_throttle(
+        &self,
+        id: AccountId,
+        seen: u32,
+        failures: u32,
+        next_at: Timestamp,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE accounts SET login_failures = $1, login_next_at = $2 \
+             WHERE id = $3 AND login_failures = $4",
+        )
+        .bind(i64::from(failures))
+        .bind(next_at.0)
+        .bind(id.0)
+        .bind(i64::from(seen))
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -569,7 +603,7 @@ impl Store for SqlStore {
 
     async fn invite_by_hash(&self, token_hash: &[u8]) -> Result<Option<InviteRecord>> {
         let row = sqlx::query(
-            "SELECT id, appointment_id, expires_at, used_at FROM invites WHERE token_hash = $1",
+            "SELECT id, appointment_id, expires_at, used_at, label FROM invites WHERE token_hash = $1",
         )
         .bind(token_hash.to_vec())
         .fetch_optional(&self.pool)
@@ -579,7 +613,7 @@ impl Store for SqlStore {
 
     async fn invite(&self, id: InviteId) -> Result<Option<InviteRecord>> {
         let row = sqlx::query(
-            "SELECT id, appointment_id, expires_at, used_at FROM invites WHERE id = $1",
+            "SELECT id, appointment_id, expires_at, used_at, label FROM invites WHERE id = $1",
         )
         .bind(id.0)
         .fetch_optional(&self.pool)

@@ -76,7 +76,7 @@ pub async fn guest_token(ep: &Endpoint, doctor_token: &str, appt: i64) -> String
             Method::POST,
             &format!("/api/appointments/{appt}/invites"),
             Some(doctor_token),
-            Some(&json!({})),
+            Some(&json!({"label": "Guest"})),
         )
         .await
         .unwrap();

@@ -236,7 +236,7 @@ impl TestServer {
                 "POST",
                 &format!("/api/appointments/{}/invites", self.appointment().0),
                 Some(doctor_token),
-                None,
+                Some(json!({"label": "Guest"})),
             )
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);

@@ -66,7 +66,7 @@ export const api = {
   consentTerms: () => request('GET', '/consent/terms'),
   consentStatus: () => request('GET', '/consent'),
   acceptConsent: (version) => request('POST', '/consent', { version }),
-  createInvite: (appointment) => request('POST', `/appointments/${appointment}/invites`, {}),
+  createInvite: (appointment, label) => request('POST', `/appointments/${appointment}/invites`, { label }),
   redeemInvite: (inviteToken, termsVersion) =>
     request('POST', '/invites/redeem', { invite_token: inviteToken, accept_terms_version: termsVersion }),
 };

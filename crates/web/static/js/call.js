@@ -875,10 +875,19 @@ export class Consultation {
    * from the address bar once redeemed. */
   async createInvite() {
     const btn = $('invite-create');
-    btn.disabled = true;
     $('invite-error').hidden = true;
+    // The name the doctor will see in the waiting room, so a forwarded link does not
+    // pass for the person invited.
+    const label = $('invite-label').value.trim();
+    if (!label) {
+      $('invite-error').textContent = 'Enter the guest\'s name first.';
+      $('invite-error').hidden = false;
+      $('invite-label').focus();
+      return;
+    }
+    btn.disabled = true;
     try {
-      const res = await api.createInvite(this.appt.id);
+      const res = await api.createInvite(this.appt.id, label);
       $('invite-link').value = `${location.origin}${location.pathname}#/invite/${res.invite_token}`;
       $('invite-expiry').textContent = `Valid until ${new Date(res.expires_at).toLocaleString()}.`;
       $('invite-result').hidden = false;
