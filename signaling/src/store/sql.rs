@@ -52,8 +52,22 @@ impl SqlStore {
             _ => url.to_string(),
         };
         let max = if backend == Backend::Sqlite { 4 } else { 10 };
+        let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // Writes take the file's one write lock (`BEGIN IMMEDIATE`) and an
+                    // action commits with its audit entry, so a refused write is an
+                    // action refused: under a burst, wait for the lock rather than fail.
+                    if sqlite {
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         if backend == Backend::Sqlite {
