@@ -305,6 +305,9 @@ pub struct SlotStatus {
     pub sender_kid: Option<u64>,
     /// Sending is on (keyed, and not held back by a key warning).
     pub sending: bool,
+    /// Keyframe requests (PLI) this slot sent because a video track's frames came
+    /// under a new key (a new epoch, or a new sender).
+    pub keyframes_requested: u64,
 }
 
 /// A sealed frame as this slot received it from the SFU (see [`MediaLoop::record`]).
@@ -539,6 +542,13 @@ struct Slot {
     rx: Vec<RxStream>,
     keyed: usize,
     opened: u64,
+    /// Per incoming video track (mid): the (epoch, sender leaf) key its last opened
+    /// frame came under. A frame under another key asks the sender for a keyframe: the
+    /// receiver's decoder may have dropped the frames in between, and the sender's next
+    /// keyframe may be seconds away.
+    video_keys: HashMap<String, (u64, u32)>,
+    /// Keyframe requests sent because a new key came into use on a video track.
+    keyframes_requested: u64,
 }
 
 struct Worker {
@@ -720,6 +730,7 @@ impl Worker {
                         epoch: s.sealer.as_ref().map(GroupFrameEncryptor::epoch),
                         sender_kid: s.sealer.as_ref().map(GroupFrameEncryptor::kid),
                         sending: s.sending,
+                        keyframes_requested: s.keyframes_requested,
                     })
                     .ok_or(DriverError::UnknownSlot);
                 let _ = r.send(res);
@@ -809,6 +820,8 @@ impl Worker {
                 video_seq: 0,
                 audio_seq: 0,
                 rx: Vec::new(),
+                video_keys: HashMap::new(),
+                keyframes_requested: 0,
                 keyed: 0,
                 opened: 0,
             },
@@ -953,6 +966,7 @@ impl Worker {
         };
         while let Some(ev) = s.client.poll_event() {
             let ClientEvent::Frame {
+                mid,
                 kind,
                 stream_id,
                 data,
@@ -973,7 +987,15 @@ impl Worker {
                 });
             }
             match s.opener.decrypt(codec(kind), &data, &mut self.opened) {
-                Ok(Some(_)) => {}
+                Ok(Some(info)) => {
+                    let key = (info.epoch, info.sender_index);
+                    if matches!(kind, Kind::Video) && s.video_keys.get(&mid) != Some(&key) {
+                        s.video_keys.insert(mid.clone(), key);
+                        if s.client.request_keyframe(Instant::now(), &mid) {
+                            s.keyframes_requested += 1;
+                        }
+                    }
+                }
                 // Empty frames carry nothing to measure.
                 Ok(None) => continue,
                 // No key for this epoch yet (media can beat the commit through

@@ -794,7 +794,8 @@ async fn a_patient_who_comes_back_is_added_again_and_its_old_leaf_removed() {
 
 /// The doctor's connection drops and its device comes back (a new participant id). It
 /// starts a new group and adds the patient and the guest, still admitted, in one
-/// commit: both move to the new group's first epoch, frames keep flowing, the frames
+/// commit: both move to the new group's first epoch, the patient asks for a keyframe
+/// on each video track whose frames come under a new key, frames keep flowing, the frames
 /// the patient receives from then on open under the new group's keys and not under the
 /// old group's, and every roster holds exactly the three real devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -855,7 +856,8 @@ async fn a_doctor_who_comes_back_adds_everyone_again_in_one_commit() {
     doctor.start_media(light_traffic(100_000)).await.unwrap();
     let ds = doctor.slot().unwrap();
     media.record(ps, true).await.unwrap();
-    let opened = media.status(ps).await.unwrap().frames_opened;
+    let before = media.status(ps).await.unwrap();
+    let opened = before.frames_opened;
     let (parts, _) = serve_all(
         vec![doctor, patient, guest],
         until_status(media.clone(), vec![ds, ps, gs], "the new group", move |s| {
@@ -865,6 +867,14 @@ async fn a_doctor_who_comes_back_adds_everyone_again_in_one_commit() {
     )
     .await;
     let [doctor, patient, guest]: [Participant; 3] = parts.try_into().ok().unwrap();
+    // The doctor's and the guest's video came under new keys: the patient asked each
+    // for a keyframe.
+    let asked = media.status(ps).await.unwrap().keyframes_requested;
+    assert!(
+        asked >= before.keyframes_requested + 2,
+        "keyframe requests {} -> {asked}",
+        before.keyframes_requested
+    );
     let new_group = doctor.group_id().unwrap();
     assert_ne!(new_group, old_group);
     for p in [&doctor, &patient, &guest] {
