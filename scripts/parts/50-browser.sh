@@ -103,7 +103,11 @@ export CONFIDE_TAP_FILE="$work/tap.jsonl"
 export CONFIDE_IMPAIR_FILE="$work/impair"
 : > "$CONFIDE_IMPAIR_FILE"
 log "starting confide on 127.0.0.1:$port"
-"$bin" serve --bind "127.0.0.1:$port" --media-bind 127.0.0.1 --static-dir crates/web/static \
+# The page's test hooks (`?test=1`) run only where the server allows them, and only a
+# test build (feature tap) can.
+hooks=()
+if [ "$CONFIDE_REQUIRE_TAP" = 1 ]; then hooks=(--test-hooks); fi
+"$bin" serve --bind "127.0.0.1:$port" --media-bind 127.0.0.1 "${hooks[@]}" --static-dir crates/web/static \
     > target/browser/server.log 2>&1 &
 server_pid=$!
 for _ in $(seq 1 120); do

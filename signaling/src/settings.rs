@@ -18,6 +18,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Client frames per second per connection before `rate_limited`.
     pub ws_msgs_per_s: u32,
+    /// Whether the browser client may turn on its end-to-end test hooks (`?test=1`),
+    /// which read plaintext frame samples inside the page. Off unless a test build's
+    /// server is started with `--test-hooks`; a production binary has no such flag.
+    pub client_test_hooks: bool,
 }
 
 impl Default for Settings {
@@ -33,6 +37,7 @@ impl Default for Settings {
             issuer: "Confide".into(),
             limits: Limits::default(),
             ws_msgs_per_s: 200,
+            client_test_hooks: false,
         }
     }
 }

@@ -146,6 +146,11 @@ enum Cmd {
         /// Admin listener (plain HTTP, `/metrics` for Prometheus); `off` disables it.
         #[arg(long, env = "CONFIDE_ADMIN_BIND", default_value = "127.0.0.1:9443")]
         admin_bind: String,
+        /// Test builds only (feature `tap`): let the browser client's end-to-end test
+        /// hooks run (`?test=1`, plaintext frame samples read inside the page). A
+        /// production build refuses it.
+        #[arg(long, hide = true)]
+        test_hooks: bool,
     },
     /// Seed the demo clinic and print its credentials (demo only).
     Demo {
@@ -248,7 +253,11 @@ async fn main() -> anyhow::Result<()> {
             join_grace_s,
             media,
             admin_bind,
+            test_hooks,
         } => {
+            if test_hooks && !cfg!(feature = "tap") {
+                anyhow::bail!("--test-hooks is for test builds (feature `tap`) only");
+            }
             let mut cfg = common.config();
             cfg.bind = bind;
             cfg.demo = demo;
@@ -257,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.static_dir = static_dir;
             cfg.settings.idle_timeout_s = idle_timeout_s.max(60);
             cfg.settings.join_grace_s = join_grace_s.max(0);
+            cfg.settings.client_test_hooks = test_hooks;
             cfg.media = media.into_config();
             cfg.admin_bind = match admin_bind.as_str() {
                 "off" | "" => None,

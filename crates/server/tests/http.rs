@@ -91,3 +91,49 @@ async fn headers_static_files_and_health() {
         .unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
 }
+
+/// The browser client's test hooks (`?test=1` reads plaintext frame samples inside the
+/// page) run only where the server allows them: a server as configured by default says
+/// no, and a build without the test feature refuses `--test-hooks` outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_test_hooks_are_off_unless_a_test_build_turns_them_on() {
+    let ts = server().await;
+    let r = ts
+        .http
+        .get(ts.url("/api/client-config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({ "test_hooks": false }));
+
+    let allowed = server_with(|c| c.settings.client_test_hooks = true).await;
+    let body: serde_json::Value = allowed
+        .http
+        .get(allowed.url("/api/client-config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["test_hooks"], true);
+
+    if !cfg!(feature = "tap") {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_confide"))
+            .args(["serve", "--test-hooks", "--bind", "127.0.0.1:0"])
+            .args(["--media-bind", "127.0.0.1", "--admin-bind", "off"])
+            .env("CONFIDE_DATA_DIR", dir.path())
+            .env_remove("CONFIDE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--test-hooks is for test builds"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

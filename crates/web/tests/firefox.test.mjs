@@ -128,6 +128,13 @@ async function login(p, account) {
   await waitVisible(p, '#view-appointments', 'appointments after login');
 }
 
+/** This server was started without --test-hooks, as a production one is: the page
+ * must have ignored `?test=1` (no hooks reading plaintext samples). */
+async function noTestHooks(p) {
+  const hooks = await p.evaluate(() => typeof window.confideTest);
+  assert.equal(hooks, 'undefined', '?test=1 turned on the test hooks on a server that does not allow them');
+}
+
 async function enter(p, appointment, what) {
   const link = `a[data-appointment="${appointment}"]`;
   await waitVisible(p, link, `${what}: the appointment listed`);
@@ -241,6 +248,8 @@ async function consultation(doctor, patient, demo, label) {
     return a && a === b ? a : null;
   }, { timeout: 30000, what: `${label}: the same safety code on both pages` });
   assert.match(code, /^\d{30}$/);
+  await noTestHooks(doctor);
+  await noTestHooks(patient);
   const seenByDoctor = await decodes(doctor, `${label} doctor`);
   const seenByPatient = await decodes(patient, `${label} patient`);
   for (const p of [doctor, patient]) {

@@ -351,12 +351,21 @@ pub async fn run_housekeeping(state: AppState) {
     }
 }
 
+/// What the browser client asks before it starts: whether its test hooks may run.
+/// Unauthenticated (the page asks before login) and the same for everyone.
+async fn client_config(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "test_hooks": state.settings.client_test_hooks }))
+}
+
 /// Build the router: REST under `/api`, `/ws`, `/healthz`, `/readyz`, static `/`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/login", post(login::login))
         .route("/logout", post(login::logout))
         .route("/me", get(login::me))
+        .route("/client-config", get(client_config))
         .route("/totp/enroll", post(totp::totp_enroll))
         .route("/totp/confirm", post(totp::totp_confirm))
         .route(

@@ -5,14 +5,17 @@
 // #/invite/<token> (a guest's single-use link; the token is dropped from the address bar
 // at once and kept only in memory until redeemed).
 // Test flag: `?test=1` lets the end-to-end test read plaintext samples from the sender
-// transform (see e2ee-worker.js, collectSample). They never leave the page.
+// transform (see e2ee-worker.js, collectSample). They never leave the page, and the flag
+// counts only when the server says so (`/api/client-config`), which only a test build
+// started with --test-hooks does: on a production server `?test=1` does nothing.
 
 import { api, ApiError, token, setToken } from './api.js';
 import { e2eeSupport } from './e2ee.js';
 import { Consultation } from './call.js';
 import { $, showView, showMessage, setError, el, formatWhen, banner } from './ui.js';
 
-const TEST_MODE = new URLSearchParams(location.search).get('test') === '1';
+const TEST_MODE = new URLSearchParams(location.search).get('test') === '1'
+  && await fetch('/api/client-config').then((r) => r.json()).then((c) => c.test_hooks === true, () => false);
 
 const state = {
   me: null,            // GET /api/me
