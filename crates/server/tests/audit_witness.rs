@@ -164,6 +164,27 @@ async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
         text(&out)
     );
 
+    // A witness never runs in the server's own data directory.
+    let out = confide(
+        &s.data_dir,
+        &[
+            "audit",
+            "witness",
+            "--once",
+            "--server",
+            &server_url,
+            "--log-key",
+            &log_vkey,
+        ],
+    )
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("a server's data directory"),
+        "{}",
+        text(&out)
+    );
+
     // First run pins the log key and cosigns the latest checkpoint.
     let out = witness(vec!["--log-key".into(), log_vkey.clone()]).await;
     assert!(out.status.success(), "{}", text(&out));
