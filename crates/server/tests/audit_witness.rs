@@ -96,7 +96,7 @@ async fn truncate_to(db_url: &str, keep: u64) {
 
 #[tokio::test]
 async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
-    let s = server().await;
+    let s = server_with(|cfg| cfg.admin_bind = Some("127.0.0.1:0".parse().unwrap())).await;
     let wdir = tempfile::tempdir().unwrap();
     let wd = wdir.path().join("witness");
     let cert = wdir.path().join("server.pem");
@@ -209,6 +209,26 @@ async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
         )),
         "{}",
         text(&out)
+    );
+
+    // Operators see how far each witness got.
+    let admin = s.running.admin.as_ref().expect("admin listener").addr;
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "confide_audit_witnessed_size{{witness=\"witness.test/w1\"}} {}",
+            cp1.checkpoint.size
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("confide_audit_witnessed_timestamp_seconds{witness=\"witness.test/w1\"}"),
+        "{metrics}"
     );
 
     // The log grows; the witness checks the consistency proof and cosigns again.
