@@ -211,6 +211,34 @@ async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
         text(&out)
     );
 
+    // The server stores only cosignatures by listed witnesses on checkpoints it signed.
+    let stranger =
+        confide_audit::WitnessSigningKey::from_seed("stranger.test/w", &[9; 32]).unwrap();
+    let plain = confide_audit::SignedCheckpoint::from_note(&note, &log_key).unwrap();
+    let forged_body = format!(
+        "{}{}",
+        plain.to_note(&log_key),
+        stranger.cosign(&plain.checkpoint, 1_800_000_000).to_line()
+    );
+    for body in [forged_body.as_str(), "not a note", ""] {
+        let r = s
+            .http
+            .post(s.url("/api/audit/cosignature"))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+    }
+    let note_again = s.req("GET", "/api/audit/checkpoint", None, None).await;
+    assert!(
+        !note_again
+            .body
+            .as_str()
+            .unwrap()
+            .contains("stranger.test/w")
+    );
+
     // Operators see how far each witness got.
     let admin = s.running.admin.as_ref().expect("admin listener").addr;
     let metrics = reqwest::get(format!("http://{admin}/metrics"))
