@@ -675,6 +675,13 @@ async fn accept_cosignature(
         tracing::error!(error = %e, "storing audit cosignatures");
         return ApiError::Internal.into_response();
     }
+    let at = now().unix_millis() as f64 / 1000.0;
+    for c in &good {
+        let witness = c.name.clone();
+        metrics::gauge!(crate::metrics::AUDIT_WITNESSED_SIZE, "witness" => witness.clone())
+            .set(size as f64);
+        metrics::gauge!(crate::metrics::AUDIT_WITNESSED_AT, "witness" => witness).set(at);
+    }
     tracing::info!(size, witnesses = good.len(), "audit checkpoint cosigned");
     axum::http::StatusCode::NO_CONTENT.into_response()
 }

@@ -41,6 +41,10 @@ const AUTH_FAILURES: &str = "confide_auth_failures_total";
 const TOKEN_REVOCATIONS: &str = "confide_token_revocations_total";
 const WS_CONNECTIONS: &str = "confide_websocket_connections";
 const AUDIT_WRITE_FAILURES: &str = "confide_audit_write_failures_total";
+/// Tree size of the latest checkpoint each witness cosigned (set by audit_cmd.rs).
+pub const AUDIT_WITNESSED_SIZE: &str = "confide_audit_witnessed_size";
+/// Unix time of each witness's latest accepted cosignature.
+pub const AUDIT_WITNESSED_AT: &str = "confide_audit_witnessed_timestamp_seconds";
 
 /// The running admin listener; dropping it stops the listener.
 #[derive(Debug)]
@@ -134,6 +138,16 @@ fn recorder() -> Option<&'static PrometheusHandle> {
             for policy in ["closed", "open"] {
                 metrics::counter!(AUDIT_WRITE_FAILURES, "policy" => policy).increment(0);
             }
+            metrics::describe_gauge!(
+                AUDIT_WITNESSED_SIZE,
+                "Size of the latest audit checkpoint each witness cosigned. A witness that \
+                 stops cosigning (it is down, or it refused a rewritten log) stops it growing."
+            );
+            metrics::describe_gauge!(
+                AUDIT_WITNESSED_AT,
+                "Unix time of each witness's latest accepted cosignature; alert when it is \
+                 older than a few minutes."
+            );
             Some(handle)
         })
         .as_ref()

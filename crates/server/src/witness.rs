@@ -283,6 +283,13 @@ fn unix_secs() -> u64 {
 pub async fn run(opts: WitnessOpts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("creating {}", opts.dir.display()))?;
+    // A witness beside the log's own key and database vouches for nothing: whoever can
+    // rewrite the log could rewrite the witness's memory too.
+    anyhow::ensure!(
+        !opts.dir.join("audit-log.key").exists() && !opts.dir.join("confide.sqlite3").exists(),
+        "{} is a server's data directory; give the witness its own (CONFIDE_DATA_DIR)",
+        opts.dir.display()
+    );
     let key = witness_key(&opts.dir, &opts.name)?;
     let (origin, log_key) = pinned_log_key(&opts.dir, opts.log_key.as_deref())?;
     let (state, last_note) = load_state(&opts.dir, &log_key)?;

@@ -133,7 +133,7 @@ async fn forged_row_past_the_head_refuses_the_next_login_and_verify_reports_it()
 /// Writes and their entries commit in one transaction (issue: audit trail, item 1): with
 /// the log unwritable, booking, inviting, redeeming an invite, creating an account and
 /// accepting the terms are refused and leave nothing behind, not a row created before
-/// the entry failed.
+/// the entry failed. So is starting TOTP enrolment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_whose_entry_cannot_be_written_leave_nothing_behind() {
     use confide_server::confide_signaling::auth::hash_token;
@@ -145,13 +145,15 @@ async fn writes_whose_entry_cannot_be_written_leave_nothing_behind() {
     let admin = s.login_demo(Role::Admin).await;
     let patient = s.login_demo(Role::Patient).await;
     let appt = s.appointment();
+    let (enroller_id, enroller_pw, _) = s.add_account("enroller", Role::Patient).await;
+    let enroller = s.login("enroller", &enroller_pw, None).await;
     // An invite made while the log works, to be redeemed once it does not.
     let r = s
         .req(
             "POST",
             &format!("/api/appointments/{}/invites", appt.0),
             Some(&doctor),
-            Some(json!({"label": "Guest of the patient"})),
+            Some(json!({"label": "Interpreter"})),
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -209,7 +211,7 @@ async fn writes_whose_entry_cannot_be_written_leave_nothing_behind() {
             "POST",
             &format!("/api/appointments/{}/invites", appt.0),
             Some(&doctor),
-            Some(json!({"label": "Guest of the patient"})),
+            Some(json!({"label": "Interpreter"})),
         )
         .await;
     refused(&r);
@@ -284,6 +286,13 @@ async fn writes_whose_entry_cannot_be_written_leave_nothing_behind() {
         consent_before,
         "the earlier consent still stands, not superseded"
     );
+
+    let r = s
+        .req("POST", "/api/totp/enroll", Some(&enroller), None)
+        .await;
+    refused(&r);
+    let a = s.store().account(enroller_id).await.unwrap().unwrap();
+    assert!(a.totp_secret.is_none(), "no pending second factor stored");
     pool.close().await;
 }
 

@@ -96,7 +96,7 @@ async fn truncate_to(db_url: &str, keep: u64) {
 
 #[tokio::test]
 async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
-    let s = server().await;
+    let s = server_with(|cfg| cfg.admin_bind = Some("127.0.0.1:0".parse().unwrap())).await;
     let wdir = tempfile::tempdir().unwrap();
     let wd = wdir.path().join("witness");
     let cert = wdir.path().join("server.pem");
@@ -164,6 +164,27 @@ async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
         text(&out)
     );
 
+    // A witness never runs in the server's own data directory.
+    let out = confide(
+        &s.data_dir,
+        &[
+            "audit",
+            "witness",
+            "--once",
+            "--server",
+            &server_url,
+            "--log-key",
+            &log_vkey,
+        ],
+    )
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("a server's data directory"),
+        "{}",
+        text(&out)
+    );
+
     // First run pins the log key and cosigns the latest checkpoint.
     let out = witness(vec!["--log-key".into(), log_vkey.clone()]).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -188,6 +209,54 @@ async fn witness_cosigns_a_growing_log_and_refuses_a_rewritten_one() {
         )),
         "{}",
         text(&out)
+    );
+
+    // The server stores only cosignatures by listed witnesses on checkpoints it signed.
+    let stranger =
+        confide_audit::WitnessSigningKey::from_seed("stranger.test/w", &[9; 32]).unwrap();
+    let plain = confide_audit::SignedCheckpoint::from_note(&note, &log_key).unwrap();
+    let forged_body = format!(
+        "{}{}",
+        plain.to_note(&log_key),
+        stranger.cosign(&plain.checkpoint, 1_800_000_000).to_line()
+    );
+    for body in [forged_body.as_str(), "not a note", ""] {
+        let r = s
+            .http
+            .post(s.url("/api/audit/cosignature"))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+    }
+    let note_again = s.req("GET", "/api/audit/checkpoint", None, None).await;
+    assert!(
+        !note_again
+            .body
+            .as_str()
+            .unwrap()
+            .contains("stranger.test/w")
+    );
+
+    // Operators see how far each witness got.
+    let admin = s.running.admin.as_ref().expect("admin listener").addr;
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "confide_audit_witnessed_size{{witness=\"witness.test/w1\"}} {}",
+            cp1.checkpoint.size
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("confide_audit_witnessed_timestamp_seconds{witness=\"witness.test/w1\"}"),
+        "{metrics}"
     );
 
     // The log grows; the witness checks the consistency proof and cosigns again.

@@ -44,9 +44,14 @@ pub async fn totp_enroll(
     let (id, account) = unenrolled_account(&state, &s).await?;
     let secret = TotpSecret::generate(&mut OsRng);
     let sealed = state.keyring.seal(ctx::TOTP_SECRET, &secret.0, &mut OsRng);
-    state.store.set_totp_pending(id, sealed).await?;
+    // The pending secret and its entry commit together, or neither does.
+    let mut tx = state.store.begin().await?;
+    tx.set_totp_pending(id, sealed).await?;
     state
-        .audit(s.event(AuditAction::MfaEnrollStarted, Outcome::Success))
+        .commit_audited(
+            tx,
+            vec![s.event(AuditAction::MfaEnrollStarted, Outcome::Success)],
+        )
         .await?;
     Ok(Json(EnrollResp {
         otpauth_url: secret.otpauth_url(&state.settings.issuer, &account.username),
@@ -92,14 +97,17 @@ pub async fn totp_confirm(
             .await?;
         return Err(ApiError::InvalidCredentials);
     };
-    state.store.enable_totp(id, step).await?;
     let codes = recovery_codes(&mut OsRng);
-    state
-        .store
-        .replace_recovery_codes(id, codes.iter().map(|(_, h)| h.clone()).collect())
+    // The second factor, its recovery codes and the entry commit together.
+    let mut tx = state.store.begin().await?;
+    tx.enable_totp(id, step).await?;
+    tx.replace_recovery_codes(id, codes.iter().map(|(_, h)| h.clone()).collect())
         .await?;
     state
-        .audit(s.event(AuditAction::MfaEnrolled, Outcome::Success))
+        .commit_audited(
+            tx,
+            vec![s.event(AuditAction::MfaEnrolled, Outcome::Success)],
+        )
         .await?;
     let (token, expires_at) = if s.session.kind == SessionKind::Enroll {
         state.store.revoke_session(&s.session.token_hash).await?;

@@ -269,6 +269,9 @@ pub trait StoreTx: Send {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<i64>;
+    async fn set_totp_pending(&mut self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()>;
+    async fn enable_totp(&mut self, id: AccountId, step: i64) -> Result<()>;
+    async fn replace_recovery_codes(&mut self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()>;
     /// Appends `events` to the audit log inside this transaction.
     async fn record_audit(&mut self, events: &[crate::audit::AuditEvent]) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;

@@ -310,6 +310,49 @@ async fn w_record_consent(
     Ok(())
 }
 
+async fn w_set_totp_pending(
+    c: &mut AnyConnection,
+    id: AccountId,
+    sealed_secret: Vec<u8>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET totp_secret = $1, totp_enabled = 0, totp_last_step = NULL WHERE id = $2",
+    )
+    .bind(sealed_secret)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+async fn w_enable_totp(c: &mut AnyConnection, id: AccountId, step: i64) -> Result<()> {
+    sqlx::query("UPDATE accounts SET totp_enabled = 1, totp_last_step = $1 WHERE id = $2")
+        .bind(step)
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn w_replace_recovery_codes(
+    c: &mut AnyConnection,
+    id: AccountId,
+    hashes: Vec<Vec<u8>>,
+) -> Result<()> {
+    sqlx::query("DELETE FROM recovery_codes WHERE account_id = $1")
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    for h in hashes {
+        sqlx::query("INSERT INTO recovery_codes (account_id, code_hash) VALUES ($1, $2)")
+            .bind(id.0)
+            .bind(h)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
 /// [`StoreTx`] over one sqlx transaction.
 pub struct SqlTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
@@ -346,6 +389,15 @@ impl StoreTx for SqlTx {
         expires_at: Timestamp,
     ) -> Result<i64> {
         w_create_break_glass(&mut self.tx, admin, reason, now, expires_at).await
+    }
+    async fn set_totp_pending(&mut self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()> {
+        w_set_totp_pending(&mut self.tx, id, sealed_secret).await
+    }
+    async fn enable_totp(&mut self, id: AccountId, step: i64) -> Result<()> {
+        w_enable_totp(&mut self.tx, id, step).await
+    }
+    async fn replace_recovery_codes(&mut self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()> {
+        w_replace_recovery_codes(&mut self.tx, id, hashes).await
     }
     async fn record_audit(&mut self, events: &[crate::audit::AuditEvent]) -> Result<()> {
         super::merkle::record_within(&mut self.tx, events).await?;
@@ -445,23 +497,11 @@ impl Store for SqlStore {
     }
 
     async fn set_totp_pending(&self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()> {
-        sqlx::query(
-            "UPDATE accounts SET totp_secret = $1, totp_enabled = 0, totp_last_step = NULL WHERE id = $2",
-        )
-        .bind(sealed_secret)
-        .bind(id.0)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        w_set_totp_pending(&mut *self.pool.acquire().await?, id, sealed_secret).await
     }
 
     async fn enable_totp(&self, id: AccountId, step: i64) -> Result<()> {
-        sqlx::query("UPDATE accounts SET totp_enabled = 1, totp_last_step = $1 WHERE id = $2")
-            .bind(step)
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        w_enable_totp(&mut *self.pool.acquire().await?, id, step).await
     }
 
     async fn use_totp_step(&self, id: AccountId, step: i64) -> Result<bool> {
@@ -478,17 +518,7 @@ impl Store for SqlStore {
 
     async fn replace_recovery_codes(&self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM recovery_codes WHERE account_id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
-        for h in hashes {
-            sqlx::query("INSERT INTO recovery_codes (account_id, code_hash) VALUES ($1, $2)")
-                .bind(id.0)
-                .bind(h)
-                .execute(&mut *tx)
-                .await?;
-        }
+        w_replace_recovery_codes(&mut tx, id, hashes).await?;
         tx.commit().await?;
         Ok(())
     }
