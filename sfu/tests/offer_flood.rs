@@ -13,8 +13,8 @@
 //! the victim without the flood, then with it, and prints p50/p99 and their ratios.
 //!
 //! The bound held: every frame arrives and the p99 under flood stays under
-//! [`P99_BOUND`], a third of a 30 fps frame interval's worth of extra delay above the
-//! quiet p99 at most (see docs/benchmarks.md for measured figures).
+//! [`P99_BOUND`] (half a 10 fps frame interval, well inside what a call tolerates); see
+//! docs/benchmarks.md, "Offer flood", for measured figures.
 
 mod common;
 
