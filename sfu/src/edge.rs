@@ -8,8 +8,9 @@
 //!    most [`MAX_CONTROL_PER_TURN`] of them and [`CONTROL_BUDGET`] of time: an SDP
 //!    offer is parsed and every member of its room renegotiated here, on the thread
 //!    that forwards every room of the worker, so a flood of them must not hold the
-//!    forwarding back. The rest stay queued, in order, for the next turn (which then
-//!    does not sleep);
+//!    forwarding back. The rest stay queued, in order, and the next control work waits
+//!    three times as long as this turn's took ([`CONTROL_SPACING`]), so a backlog of
+//!    offers gets at most a quarter of the worker's time;
 //! 2. wait for the socket or the wake socket until the core's next deadline;
 //! 3. receive what the socket has ready, a bounded number of `recvmmsg` batches
 //!    (quinn-udp), into the core, then send what they produced with `sendmmsg`: every
@@ -52,6 +53,11 @@ pub const MAX_CONTROL_PER_TURN: usize = 16;
 /// Control work per loop turn: once a turn has spent this long on control messages, the
 /// rest wait for the next turn (one message always runs, so the queue moves).
 pub const CONTROL_BUDGET: Duration = Duration::from_millis(1);
+/// After a turn spent `t` on control messages, the next control work waits `t` times
+/// this (the worker forwards meanwhile): under a backlog of costly offers control work
+/// takes at most a quarter of the worker's time. Cheap messages (microseconds) barely
+/// wait.
+pub const CONTROL_SPACING: u32 = 3;
 
 /// Configuration of the whole media plane.
 #[derive(Clone)]
@@ -235,6 +241,7 @@ impl Sfu {
                 held_events: VecDeque::new(),
                 stats: stats.clone(),
                 latency: ForwardLatency::default(),
+                control_at: now(),
                 core: SfuCore::new(config.core_config(candidate), now()),
             };
             let t = std::thread::Builder::new()
@@ -391,6 +398,8 @@ struct Worker {
     stats: Arc<SharedStats>,
     /// Receive-to-send time of forwarded packets (one clock read per batch).
     latency: ForwardLatency,
+    /// Control messages are not taken before this (see [`CONTROL_SPACING`]).
+    control_at: Instant,
     core: SfuCore,
 }
 
@@ -399,20 +408,30 @@ impl Worker {
         let mut recv_buf = vec![0u8; BATCH * RECV_SLOT];
         let mut metas = [RecvMeta::default(); BATCH];
         let mut out: Vec<Transmit> = Vec::with_capacity(BATCH * 4);
+        let mut backlog = false;
         loop {
-            let backlog = match self.drain_control() {
-                Some(backlog) => backlog,
-                None => return,
-            };
+            let start = now();
+            if start >= self.control_at {
+                backlog = match self.drain_control() {
+                    Some(backlog) => backlog,
+                    None => return,
+                };
+                let spent = now().saturating_duration_since(start);
+                self.control_at = now() + spent * CONTROL_SPACING;
+            }
             self.flush(&mut out);
-            let wait = match self.core.poll_timeout() {
-                // Control messages are waiting: look at the socket and come back.
-                _ if backlog => Duration::ZERO,
-                Some(t) => t.saturating_duration_since(now()).min(MAX_WAIT),
-                None => MAX_WAIT,
+            let deadline = match self.core.poll_timeout() {
+                // Control messages are waiting: come back for them when their time is.
+                Some(t) if backlog => t.min(self.control_at),
+                None if backlog => self.control_at,
+                Some(t) => t,
+                None => start + MAX_WAIT,
             };
+            let wait = deadline.saturating_duration_since(now()).min(MAX_WAIT);
             if !wait.is_zero() && self.wait_readable(wait) {
                 self.drain_wake();
+                // A wake-up with nothing queued before means new control work.
+                backlog = true;
             }
             // Every batch read before the next flush shares one settle of each peer it
             // touched (str0m's timeout pass and output polling cost per peer, not per
