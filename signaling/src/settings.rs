@@ -18,6 +18,12 @@ pub struct Settings {
     pub limits: Limits,
     /// Client frames per second per connection before `rate_limited`.
     pub ws_msgs_per_s: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (empty: none, the peer
+    /// address is the client's).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// WebSocket connections one address (IPv6: one /64) may hold open before its
+    /// `hello` is accepted; more are refused with 429.
+    pub ws_unauth_per_addr: usize,
 }
 
 impl Default for Settings {
@@ -33,6 +39,8 @@ impl Default for Settings {
             issuer: "Confide".into(),
             limits: Limits::default(),
             ws_msgs_per_s: 200,
+            trusted_proxies: Vec::new(),
+            ws_unauth_per_addr: 32,
         }
     }
 }

@@ -146,6 +146,14 @@ enum Cmd {
         /// Admin listener (plain HTTP, `/metrics` for Prometheus); `off` disables it.
         #[arg(long, env = "CONFIDE_ADMIN_BIND", default_value = "127.0.0.1:9443")]
         admin_bind: String,
+        /// Reverse proxies (addresses or CIDR networks, comma-separated) whose
+        /// `X-Forwarded-For` names the client; from any other peer it is ignored.
+        #[arg(long, env = "CONFIDE_TRUSTED_PROXIES", default_value = "")]
+        trusted_proxies: String,
+        /// WebSocket connections one address (IPv6: one /64) may hold before signing
+        /// in; more are refused with 429.
+        #[arg(long, env = "CONFIDE_WS_UNAUTH_PER_ADDR", default_value_t = 32)]
+        ws_unauth_per_addr: usize,
     },
     /// Seed the demo clinic and print its credentials (demo only).
     Demo {
@@ -248,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
             join_grace_s,
             media,
             admin_bind,
+            trusted_proxies,
+            ws_unauth_per_addr,
         } => {
             let mut cfg = common.config();
             cfg.bind = bind;
@@ -257,6 +267,12 @@ async fn main() -> anyhow::Result<()> {
             cfg.static_dir = static_dir;
             cfg.settings.idle_timeout_s = idle_timeout_s.max(60);
             cfg.settings.join_grace_s = join_grace_s.max(0);
+            cfg.settings.trusted_proxies =
+                confide_server::confide_signaling::http::client_addr::parse_trusted(
+                    &trusted_proxies,
+                )
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
+            cfg.settings.ws_unauth_per_addr = ws_unauth_per_addr.max(1);
             cfg.media = media.into_config();
             cfg.admin_bind = match admin_bind.as_str() {
                 "off" | "" => None,

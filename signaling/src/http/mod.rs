@@ -8,6 +8,7 @@ mod admin;
 mod appointments;
 mod break_glass;
 mod chat;
+pub mod client_addr;
 mod consent;
 mod directory;
 mod gate;
@@ -80,6 +81,8 @@ pub struct Inner {
     /// Requests per second per source address (IPv6: per /64) on the credential
     /// endpoints; pruned by [`run_housekeeping`].
     pub ip_limiter: AddrLimiter,
+    /// Unauthenticated WebSocket connections per address.
+    pub(crate) unauth_ws: Arc<client_addr::UnauthConns>,
     /// The audit log's checkpoint signer, which the key directory nudges so that a
     /// registration is provable when its response goes out. Set once by the server;
     /// without it, proofs cover entries once some checkpoint is signed (the server's
@@ -136,6 +139,7 @@ impl AppState {
             throttle: Mutex::new(Throttle::default()),
             hash_gate: HashGate::for_this_machine(),
             ip_limiter: AddrLimiter::new(10, 30),
+            unauth_ws: Arc::new(client_addr::UnauthConns::default()),
             signer: OnceLock::new(),
         }))
     }
@@ -631,13 +635,19 @@ pub(crate) fn request_id() -> String {
     hex::encode(b)
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+impl FromRequestParts<AppState> for Ctx {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Behind a listed reverse proxy the client is named by `X-Forwarded-For`;
+        // from anyone else that header is ignored.
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            client_addr::client_ip(c.0.ip(), forwarded, &state.settings.trusted_proxies)
+        });
         Ok(Ctx {
             ip,
             request_id: request_id(),
