@@ -479,6 +479,26 @@ async fn suite(store: SqlStore, url: &str) {
         .unwrap();
     assert_eq!(store.revoke_account_sessions(pat).await.unwrap(), 1);
 
+    // Purging: revoked and expired rows go, live ones stay.
+    for (hash, expires) in [(9u8, T.plus_secs(10)), (10, T.plus_secs(3600))] {
+        store
+            .create_session(&Session {
+                token_hash: vec![hash; 32],
+                expires_at: expires,
+                ..s.clone()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.purge_sessions(T.plus_secs(10)).await.unwrap(), 3);
+    for gone in [7u8, 8, 9] {
+        assert!(
+            store.session(&[gone; 32]).await.unwrap().is_none(),
+            "{gone}"
+        );
+    }
+    assert!(store.session(&[10; 32]).await.unwrap().is_some());
+
     // disable
     assert!(store.set_account_disabled(pat, true).await.unwrap());
     assert!(store.account(pat).await.unwrap().unwrap().disabled);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use confide_signaling::crypto::{Keyring, MasterKey};
-use confide_signaling::http::{AppState, now, router, run_media};
+use confide_signaling::http::{AppState, now, router_with, run_media};
 use confide_signaling::ops::DemoInfo;
 use confide_signaling::settings::Settings;
 use confide_signaling::store::keys::load_keyring;
@@ -224,8 +224,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    let app = router(state.clone())
-        .merge(audit_cmd::routes(&cfg).await?)
+    // The audit routes sit inside the same security-header layers as the rest.
+    let app = router_with(state.clone(), audit_cmd::routes(&cfg).await?)
         .into_make_service_with_connect_info::<SocketAddr>();
     let server = axum_server::from_tcp_rustls(listener, tls.config.clone()).handle(handle.clone());
     let task = tokio::spawn(async move { server.serve(app).await });

@@ -777,3 +777,16 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
     ts.expect_audit(AuditAction::AdminRefused, &staff_id, None)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_whose_session_row_is_gone_is_closed() {
+    // A short idle timeout makes the session tick run every second.
+    let ts = server_with(|c| c.settings.idle_timeout_s = 3).await;
+    let patient = ts.login_demo(Role::Patient).await;
+    let mut ws = ts.ws_authed(&patient).await;
+    // Every session row goes, as when an operator deletes them or they are purged.
+    let far = now().plus_secs(365 * 24 * 3600);
+    assert!(ts.store().purge_sessions(far).await.unwrap() >= 1);
+    ws.expect_error("session_expired").await;
+    assert_eq!(ws.recv().await["type"], "closed");
+}

@@ -344,19 +344,32 @@ pub async fn run_media(state: AppState, mut events: mpsc::Receiver<MediaEvent>) 
 /// How often [`run_housekeeping`] prunes the limiters.
 pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Periodic upkeep of the in-memory limiters ([`AppState::prune_limiters`]). Run once
-/// per state, for the life of the server.
+/// Periodic upkeep: the in-memory limiters ([`AppState::prune_limiters`]) and the
+/// session table (expired and revoked rows are deleted, so it does not grow with every
+/// login ever made). Run once per state, for the life of the server.
 pub async fn run_housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        state.prune_limiters(now());
+        let t = now();
+        state.prune_limiters(t);
+        match state.store.purge_sessions(t).await {
+            Ok(n) if n > 0 => tracing::debug!(sessions = n, "purged expired sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+        }
     }
 }
 
 /// Build the router: REST under `/api`, `/ws`, `/healthz`, `/readyz`, static `/`.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with `extra` routes (the server's public audit log routes) mounted
+/// inside the same security-header layers as everything else.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let api = Router::new()
         .route("/login", post(login::login))
         .route("/logout", post(login::logout))
@@ -425,6 +438,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(static_service)
+        .with_state(state)
+        .merge(extra)
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
@@ -449,7 +464,6 @@ pub fn router(state: AppState) -> Router {
             header::HeaderName::from_static("permissions-policy"),
             HeaderValue::from_static("camera=(self), microphone=(self), geolocation=()"),
         ))
-        .with_state(state)
 }
 
 /// 'wasm-unsafe-eval' lets the page instantiate the E2EE wasm module without

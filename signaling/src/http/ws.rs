@@ -260,7 +260,12 @@ async fn on_tick(state: &AppState, conn: &mut Conn) -> bool {
     let Some(auth) = &conn.auth else { return true };
     let session = match state.store.session(&auth.token_hash).await {
         Ok(Some(s)) => s,
-        Ok(None) => return true,
+        // The row is gone (purged, or removed by an operator): the session no longer
+        // exists, so neither does the connection's authentication (fail closed).
+        Ok(None) => {
+            conn.error(ErrorCode::SessionExpired);
+            return false;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "session check failed");
             return true;

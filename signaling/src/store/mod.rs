@@ -317,6 +317,9 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn touch_session(&self, token_hash: &[u8], now: Timestamp) -> Result<()>;
     async fn revoke_session(&self, token_hash: &[u8]) -> Result<bool>;
     async fn revoke_account_sessions(&self, id: AccountId) -> Result<u64>;
+    /// Deletes sessions past their absolute lifetime at `now`, and revoked ones;
+    /// returns how many.
+    async fn purge_sessions(&self, now: Timestamp) -> Result<u64>;
 
     // appointments
     async fn create_appointment(&self, a: NewAppointment) -> Result<AppointmentId>;

@@ -532,6 +532,14 @@ impl Store for SqlStore {
         Ok(r.rows_affected())
     }
 
+    async fn purge_sessions(&self, now: Timestamp) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR revoked = 1")
+            .bind(now.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn create_appointment(&self, a: NewAppointment) -> Result<AppointmentId> {
         w_create_appointment(&mut *self.pool.acquire().await?, a).await
     }
