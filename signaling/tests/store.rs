@@ -632,23 +632,28 @@ async fn suite(store: SqlStore, url: &str) {
     );
     assert!(store.chat_history(other).await.unwrap().is_empty());
 
-    // break-glass grants expire
+    // break-glass grants expire, and open one patient only
     let g = store
-        .create_break_glass(doc, "patient unconscious", T, T.plus_secs(60))
+        .create_break_glass(doc, pat, "patient unconscious", T, T.plus_secs(60))
         .await
         .unwrap();
-    assert_eq!(
+    let active = store
+        .active_break_glass(doc, pat, T.plus_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((active.id, active.patient), (g, pat));
+    assert!(
         store
-            .active_break_glass(doc, T.plus_secs(1))
+            .active_break_glass(doc, doc, T.plus_secs(1))
             .await
             .unwrap()
-            .unwrap()
-            .id,
-        g
+            .is_none(),
+        "another patient"
     );
     assert!(
         store
-            .active_break_glass(doc, T.plus_secs(61))
+            .active_break_glass(doc, pat, T.plus_secs(61))
             .await
             .unwrap()
             .is_none()

@@ -241,6 +241,8 @@ impl SealedColumn {
 pub struct BreakGlassGrant {
     pub id: i64,
     pub admin: AccountId,
+    /// The one patient whose appointments the grant opens.
+    pub patient: AccountId,
     pub reason: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
@@ -265,6 +267,7 @@ pub trait StoreTx: Send {
     async fn create_break_glass(
         &mut self,
         admin: AccountId,
+        patient: AccountId,
         reason: &str,
         now: Timestamp,
         expires_at: Timestamp,
@@ -358,16 +361,20 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn update_sealed_cell(&self, c: &SealedCell) -> Result<()>;
 
     // break-glass
+    /// A grant to `admin` for `patient`'s appointments.
     async fn create_break_glass(
         &self,
         admin: AccountId,
+        patient: AccountId,
         reason: &str,
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<i64>;
+    /// `admin`'s unexpired grant for `patient`, if any.
     async fn active_break_glass(
         &self,
         admin: AccountId,
+        patient: AccountId,
         now: Timestamp,
     ) -> Result<Option<BreakGlassGrant>>;
 }
