@@ -38,6 +38,10 @@ struct Common {
     /// CONFIDE_MASTER_KEY (the key itself) takes precedence.
     #[arg(long, env = "CONFIDE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// File holding the recovery code pepper (64 hex digits); default
+    /// DATA_DIR/recovery.pepper, created on first start.
+    #[arg(long, env = "CONFIDE_RECOVERY_PEPPER_FILE")]
+    recovery_pepper_file: Option<PathBuf>,
 }
 
 impl Common {
@@ -45,6 +49,7 @@ impl Common {
         let mut c = Config::new(self.data_dir.clone());
         c.database_url = self.database_url.clone();
         c.master_key_file = self.master_key_file.clone();
+        c.recovery_pepper_file = self.recovery_pepper_file.clone();
         c.master_key = std::env::var("CONFIDE_MASTER_KEY")
             .ok()
             .filter(|k| !k.is_empty());

@@ -76,6 +76,8 @@ pub struct Inner {
     pub static_dir: Option<PathBuf>,
     hub: Hub,
     throttle: Mutex<Throttle>,
+    /// Keys recovery code hashes; kept outside the database.
+    pub(crate) recovery_pepper: crate::auth::RecoveryPepper,
     /// Bounds concurrent password verification (CPU and memory); sheds the excess.
     pub hash_gate: HashGate,
     /// Requests per second per source address (IPv6: per /64) on the credential
@@ -123,6 +125,7 @@ impl AppState {
         settings: Settings,
         media: Arc<dyn MediaPlane>,
         static_dir: Option<PathBuf>,
+        recovery_pepper: crate::auth::RecoveryPepper,
     ) -> Self {
         AppState(Arc::new(Inner {
             store,
@@ -137,6 +140,7 @@ impl AppState {
                 next_media_room: AtomicU64::new(1),
             },
             throttle: Mutex::new(Throttle::default()),
+            recovery_pepper,
             hash_gate: HashGate::for_this_machine(),
             ip_limiter: AddrLimiter::new(10, 30),
             unauth_ws: Arc::new(client_addr::UnauthConns::default()),

@@ -93,7 +93,7 @@ pub async fn totp_confirm(
         return Err(ApiError::InvalidCredentials);
     };
     state.store.enable_totp(id, step).await?;
-    let codes = recovery_codes(&mut OsRng);
+    let codes = recovery_codes(&state.recovery_pepper, &mut OsRng);
     state
         .store
         .replace_recovery_codes(id, codes.iter().map(|(_, h)| h.clone()).collect())
