@@ -151,7 +151,7 @@ async fn writes_whose_entry_cannot_be_written_leave_nothing_behind() {
             "POST",
             &format!("/api/appointments/{}/invites", appt.0),
             Some(&doctor),
-            None,
+            Some(json!({"label": "Interpreter"})),
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -209,7 +209,7 @@ async fn writes_whose_entry_cannot_be_written_leave_nothing_behind() {
             "POST",
             &format!("/api/appointments/{}/invites", appt.0),
             Some(&doctor),
-            None,
+            Some(json!({"label": "Interpreter"})),
         )
         .await;
     refused(&r);
