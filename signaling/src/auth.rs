@@ -160,8 +160,42 @@ pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The server's secret key for recovery code hashes, kept outside the database like
+/// the master key: a copy of the database alone cannot confirm a guessed code (60
+/// bits are many, but a fast unkeyed hash lets an attacker with the rows try them
+/// offline).
+pub struct RecoveryPepper(Zeroizing<[u8; 32]>);
+
+impl RecoveryPepper {
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(k.as_mut());
+        RecoveryPepper(k)
+    }
+
+    /// 64 hex digits (surrounding whitespace ignored).
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = Zeroizing::new(hex::decode(text.trim()).ok()?);
+        let k: [u8; 32] = bytes.as_slice().try_into().ok()?;
+        Some(RecoveryPepper(Zeroizing::new(k)))
+    }
+
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.as_ref()))
+    }
+}
+
+impl std::fmt::Debug for RecoveryPepper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryPepper(<secret>)")
+    }
+}
+
 /// Ten single-use recovery codes like `k3q9-x7mv-2hfp`, and their hashes.
-pub fn recovery_codes(rng: &mut (impl RngCore + CryptoRng)) -> Vec<(String, Vec<u8>)> {
+pub fn recovery_codes(
+    pepper: &RecoveryPepper,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Vec<(String, Vec<u8>)> {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
     (0..10)
         .map(|_| {
@@ -173,20 +207,35 @@ pub fn recovery_codes(rng: &mut (impl RngCore + CryptoRng)) -> Vec<(String, Vec<
                 let idx = (rng.next_u32() as usize) % ALPHABET.len();
                 s.push(ALPHABET[idx] as char);
             }
-            let h = hash_recovery_code(&s);
+            let h = hash_recovery_code(pepper, &s);
             (s, h)
         })
         .collect()
 }
 
-pub fn hash_recovery_code(code: &str) -> Vec<u8> {
-    let norm: String = code
-        .trim()
+/// HMAC-SHA256 under the pepper of the normalised code (case, dashes and spaces do
+/// not matter).
+pub fn hash_recovery_code(pepper: &RecoveryPepper, code: &str) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper.0.as_ref())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"confide recovery code\0");
+    mac.update(normalise_recovery_code(code).as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The unkeyed hash recovery codes had before the pepper: still accepted for codes
+/// made before the upgrade, until the user makes new ones.
+pub fn legacy_recovery_hash(code: &str) -> Vec<u8> {
+    hash_token(&format!("recovery:{}", normalise_recovery_code(code)))
+}
+
+fn normalise_recovery_code(code: &str) -> String {
+    code.trim()
         .to_ascii_lowercase()
         .chars()
         .filter(|c| *c != '-' && *c != ' ')
-        .collect();
-    hash_token(&format!("recovery:{norm}"))
+        .collect()
 }
 
 // -------------------------------------------------------------------- sessions
@@ -527,10 +576,33 @@ mod tests {
         let (t, h) = new_token(&mut OsRng);
         assert_eq!(t.len(), 43);
         assert_eq!(hash_token(&t), h);
-        let codes = recovery_codes(&mut OsRng);
+        let pepper = RecoveryPepper::generate(&mut OsRng);
+        let codes = recovery_codes(&pepper, &mut OsRng);
         assert_eq!(codes.len(), 10);
         let (c, h) = &codes[0];
-        assert_eq!(&hash_recovery_code(&c.to_uppercase()), h);
+        assert_eq!(&hash_recovery_code(&pepper, &c.to_uppercase()), h);
+        assert_eq!(
+            &hash_recovery_code(&pepper, &format!(" {} ", c.replace('-', ""))),
+            h
+        );
+    }
+
+    #[test]
+    fn recovery_code_hashes_need_the_pepper() {
+        let pepper = RecoveryPepper::generate(&mut OsRng);
+        let other = RecoveryPepper::generate(&mut OsRng);
+        let code = "k3q9-x7mv-2hfp";
+        let h = hash_recovery_code(&pepper, code);
+        // Without the pepper, neither another key nor the old unkeyed hash matches,
+        // so a copied table cannot be checked against guesses offline.
+        assert_ne!(hash_recovery_code(&other, code), h);
+        assert_ne!(legacy_recovery_hash(code), h);
+        assert_ne!(hash_token(code), h);
+        // The pepper survives its text form; its Debug never shows it.
+        let again = RecoveryPepper::parse(&pepper.to_hex()).unwrap();
+        assert_eq!(hash_recovery_code(&again, code), h);
+        assert!(!format!("{pepper:?}").contains(&pepper.to_hex()[..8]));
+        assert!(RecoveryPepper::parse("abcd").is_none());
     }
 
     #[test]

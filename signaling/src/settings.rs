@@ -22,6 +22,12 @@ pub struct Settings {
     /// which read plaintext frame samples inside the page. Off unless a test build's
     /// server is started with `--test-hooks`; a production binary has no such flag.
     pub client_test_hooks: bool,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (empty: none, the peer
+    /// address is the client's).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// WebSocket connections one address (IPv6: one /64) may hold open before its
+    /// `hello` is accepted; more are refused with 429.
+    pub ws_unauth_per_addr: usize,
 }
 
 impl Default for Settings {
@@ -38,6 +44,8 @@ impl Default for Settings {
             limits: Limits::default(),
             ws_msgs_per_s: 200,
             client_test_hooks: false,
+            trusted_proxies: Vec::new(),
+            ws_unauth_per_addr: 32,
         }
     }
 }

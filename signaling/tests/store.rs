@@ -479,6 +479,26 @@ async fn suite(store: SqlStore, url: &str) {
         .unwrap();
     assert_eq!(store.revoke_account_sessions(pat).await.unwrap(), 1);
 
+    // Purging: revoked and expired rows go, live ones stay.
+    for (hash, expires) in [(9u8, T.plus_secs(10)), (10, T.plus_secs(3600))] {
+        store
+            .create_session(&Session {
+                token_hash: vec![hash; 32],
+                expires_at: expires,
+                ..s.clone()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.purge_sessions(T.plus_secs(10)).await.unwrap(), 3);
+    for gone in [7u8, 8, 9] {
+        assert!(
+            store.session(&[gone; 32]).await.unwrap().is_none(),
+            "{gone}"
+        );
+    }
+    assert!(store.session(&[10; 32]).await.unwrap().is_some());
+
     // disable
     assert!(store.set_account_disabled(pat, true).await.unwrap());
     assert!(store.account(pat).await.unwrap().unwrap().disabled);
@@ -612,23 +632,28 @@ async fn suite(store: SqlStore, url: &str) {
     );
     assert!(store.chat_history(other).await.unwrap().is_empty());
 
-    // break-glass grants expire
+    // break-glass grants expire, and open one patient only
     let g = store
-        .create_break_glass(doc, "patient unconscious", T, T.plus_secs(60))
+        .create_break_glass(doc, pat, "patient unconscious", T, T.plus_secs(60))
         .await
         .unwrap();
-    assert_eq!(
+    let active = store
+        .active_break_glass(doc, pat, T.plus_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((active.id, active.patient), (g, pat));
+    assert!(
         store
-            .active_break_glass(doc, T.plus_secs(1))
+            .active_break_glass(doc, doc, T.plus_secs(1))
             .await
             .unwrap()
-            .unwrap()
-            .id,
-        g
+            .is_none(),
+        "another patient"
     );
     assert!(
         store
-            .active_break_glass(doc, T.plus_secs(61))
+            .active_break_glass(doc, pat, T.plus_secs(61))
             .await
             .unwrap()
             .is_none()

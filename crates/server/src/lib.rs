@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use confide_signaling::auth::RecoveryPepper;
 use confide_signaling::crypto::{Keyring, MasterKey};
-use confide_signaling::http::{AppState, now, router, run_media};
+use confide_signaling::http::{AppState, now, router_with, run_media};
 use confide_signaling::ops::DemoInfo;
 use confide_signaling::settings::Settings;
 use confide_signaling::store::keys::load_keyring;
@@ -37,6 +38,9 @@ pub struct Config {
     pub master_key: Option<String>,
     /// Default: `<data_dir>/master.key`, created on first start.
     pub master_key_file: Option<PathBuf>,
+    /// The recovery code pepper (64 hex digits). Default: `<data_dir>/recovery.pepper`,
+    /// created on first start.
+    pub recovery_pepper_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Browser client directory; default `crates/web/static` if it exists.
@@ -57,6 +61,7 @@ impl Config {
             database_url: None,
             master_key: None,
             master_key_file: None,
+            recovery_pepper_file: None,
             tls_cert: None,
             tls_key: None,
             static_dir: None,
@@ -143,6 +148,26 @@ pub fn master_key(cfg: &Config) -> anyhow::Result<MasterKey> {
     Ok(key)
 }
 
+/// The recovery code pepper: read from its file, or made on first start (0600), as
+/// the master key is. Like the master key it stays out of the database and its
+/// backups; losing it only invalidates recovery codes (users make new ones).
+pub fn recovery_pepper(cfg: &Config) -> anyhow::Result<RecoveryPepper> {
+    let path = cfg
+        .recovery_pepper_file
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("recovery.pepper"));
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return RecoveryPepper::parse(&text)
+            .with_context(|| format!("{}: expected 64 hex digits", path.display()));
+    }
+    let pepper = RecoveryPepper::generate(&mut OsRng);
+    write_private(&path, pepper.to_hex().as_bytes())?;
+    tracing::info!(path = %path.display(), "created the recovery code pepper");
+    Ok(pepper)
+}
+
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
@@ -194,6 +219,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         cfg.settings.clone(),
         plane,
         static_dir,
+        recovery_pepper(&cfg)?,
     );
     state.set_checkpoint_signer(Arc::new(signer));
     tokio::spawn(run_media(state.clone(), events));
@@ -224,8 +250,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    let app = router(state.clone())
-        .merge(audit_cmd::routes(&cfg).await?)
+    // The audit routes sit inside the same security-header layers as the rest.
+    let app = router_with(state.clone(), audit_cmd::routes(&cfg).await?)
         .into_make_service_with_connect_info::<SocketAddr>();
     let server = axum_server::from_tcp_rustls(listener, tls.config.clone()).handle(handle.clone());
     let task = tokio::spawn(async move { server.serve(app).await });

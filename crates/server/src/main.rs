@@ -38,6 +38,10 @@ struct Common {
     /// CONFIDE_MASTER_KEY (the key itself) takes precedence.
     #[arg(long, env = "CONFIDE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// File holding the recovery code pepper (64 hex digits); default
+    /// DATA_DIR/recovery.pepper, created on first start.
+    #[arg(long, env = "CONFIDE_RECOVERY_PEPPER_FILE")]
+    recovery_pepper_file: Option<PathBuf>,
 }
 
 impl Common {
@@ -45,6 +49,7 @@ impl Common {
         let mut c = Config::new(self.data_dir.clone());
         c.database_url = self.database_url.clone();
         c.master_key_file = self.master_key_file.clone();
+        c.recovery_pepper_file = self.recovery_pepper_file.clone();
         c.master_key = std::env::var("CONFIDE_MASTER_KEY")
             .ok()
             .filter(|k| !k.is_empty());
@@ -151,6 +156,14 @@ enum Cmd {
         /// production build refuses it.
         #[arg(long, hide = true)]
         test_hooks: bool,
+        /// Reverse proxies (addresses or CIDR networks, comma-separated) whose
+        /// `X-Forwarded-For` names the client; from any other peer it is ignored.
+        #[arg(long, env = "CONFIDE_TRUSTED_PROXIES", default_value = "")]
+        trusted_proxies: String,
+        /// WebSocket connections one address (IPv6: one /64) may hold before signing
+        /// in; more are refused with 429.
+        #[arg(long, env = "CONFIDE_WS_UNAUTH_PER_ADDR", default_value_t = 32)]
+        ws_unauth_per_addr: usize,
     },
     /// Seed the demo clinic and print its credentials (demo only).
     Demo {
@@ -254,6 +267,8 @@ async fn main() -> anyhow::Result<()> {
             media,
             admin_bind,
             test_hooks,
+            trusted_proxies,
+            ws_unauth_per_addr,
         } => {
             if test_hooks && !cfg!(feature = "tap") {
                 anyhow::bail!("--test-hooks is for test builds (feature `tap`) only");
@@ -267,6 +282,12 @@ async fn main() -> anyhow::Result<()> {
             cfg.settings.idle_timeout_s = idle_timeout_s.max(60);
             cfg.settings.join_grace_s = join_grace_s.max(0);
             cfg.settings.client_test_hooks = test_hooks;
+            cfg.settings.trusted_proxies =
+                confide_server::confide_signaling::http::client_addr::parse_trusted(
+                    &trusted_proxies,
+                )
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
+            cfg.settings.ws_unauth_per_addr = ws_unauth_per_addr.max(1);
             cfg.media = media.into_config();
             cfg.admin_bind = match admin_bind.as_str() {
                 "off" | "" => None,

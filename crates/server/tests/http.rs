@@ -38,6 +38,20 @@ async fn headers_static_files_and_health() {
     assert!(h.contains_key("strict-transport-security"));
     assert!(r.text().await.unwrap().contains("client"));
 
+    // The public audit log routes get the same security headers as everything else.
+    for path in ["/api/audit/key", "/api/audit/consistency?from=0&to=0"] {
+        let r = ts.http.get(ts.url(path)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(
+            h["content-security-policy"],
+            confide_server::confide_signaling::http::CSP,
+            "{path}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert!(h.contains_key("strict-transport-security"), "{path}");
+    }
+
     let wasm = ts
         .http
         .get(ts.url("/pkg/e2ee_bg.wasm"))

@@ -673,6 +673,7 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let admin = r.body["token"].as_str().unwrap().to_string();
     let admin_id = ts.demo.account(Role::Admin).unwrap().id.to_string();
+    let patient = ts.demo.account(Role::Patient).unwrap().id;
     let appt = ts.appointment();
     let path = format!("/api/admin/break-glass/appointments/{}", appt.0);
 
@@ -698,7 +699,7 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
             "POST",
             "/api/admin/break-glass",
             Some(&admin),
-            Some(json!({"reason": "x", "password": p, "totp": "1"})),
+            Some(json!({"patient": patient.0, "reason": "x", "password": p, "totp": "1"})),
         )
         .await;
     assert_eq!(r.status, 400);
@@ -707,7 +708,7 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
             "POST",
             "/api/admin/break-glass",
             Some(&admin),
-            Some(json!({"reason": "patient collapsed during call", "password": "wrong", "totp": secret.code_at(now().secs())})),
+            Some(json!({"patient": patient.0, "reason": "patient collapsed during call", "password": "wrong", "totp": secret.code_at(now().secs())})),
         )
         .await;
     assert_eq!(r.status, 401);
@@ -725,7 +726,7 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
             "POST",
             "/api/admin/break-glass",
             Some(&admin),
-            Some(json!({"reason": "patient collapsed during call", "password": p, "totp": secret.code_at(now().secs())})),
+            Some(json!({"patient": patient.0, "reason": "patient collapsed during call", "password": p, "totp": secret.code_at(now().secs())})),
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -753,6 +754,22 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
     assert_eq!(access[0].event.priority, Priority::High);
     assert_eq!(access[0].event.target, Some(appt.to_string()));
 
+    // The grant is for that one patient: another patient's appointment stays shut.
+    let (pat2, _, _) = ts.add_account("pat2", Role::Patient).await;
+    let staff = ts.login_demo(Role::Staff).await;
+    let doctor = ts.demo.account(Role::Doctor).unwrap().id;
+    let r = ts
+        .req(
+            "POST",
+            "/api/appointments",
+            Some(&staff),
+            Some(json!({"doctor": doctor.0, "patient": pat2.0, "start": now().secs(), "duration_min": 15})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let other = format!("/api/admin/break-glass/appointments/{}", r.body["id"]);
+    assert_eq!(ts.req("GET", &other, Some(&admin), None).await.status, 403);
+
     // Admin reads the audit log over REST; others may not.
     let r = ts
         .req(
@@ -766,7 +783,6 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
     assert_eq!(r.body.as_array().unwrap().len(), 1);
     ts.expect_audit(AuditAction::AuditRead, &admin_id, None)
         .await;
-    let staff = ts.login_demo(Role::Staff).await;
     assert_eq!(
         ts.req("GET", "/api/admin/audit", Some(&staff), None)
             .await
@@ -776,4 +792,79 @@ async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
     let staff_id = ts.demo.account(Role::Staff).unwrap().id.to_string();
     ts.expect_audit(AuditAction::AdminRefused, &staff_id, None)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_whose_session_row_is_gone_is_closed() {
+    // A short idle timeout makes the session tick run every second.
+    let ts = server_with(|c| c.settings.idle_timeout_s = 3).await;
+    let patient = ts.login_demo(Role::Patient).await;
+    let mut ws = ts.ws_authed(&patient).await;
+    // Every session row goes, as when an operator deletes them or they are purged.
+    let far = now().plus_secs(365 * 24 * 3600);
+    assert!(ts.store().purge_sessions(far).await.unwrap() >= 1);
+    ws.expect_error("session_expired").await;
+    assert_eq!(ws.recv().await["type"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_reauthentication_is_throttled() {
+    let ts = server().await;
+    let (u, p, s) = ts.demo_account(Role::Admin);
+    let secret = TotpSecret::from_base32(s.as_deref().unwrap()).unwrap();
+    let prev = secret.code_at(now().secs() - 30);
+    let r = ts
+        .req(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": u, "password": p, "totp": prev})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let admin = r.body["token"].as_str().unwrap().to_string();
+    let admin_id = ts.demo.account(Role::Admin).unwrap().id.to_string();
+    let patient = ts.demo.account(Role::Patient).unwrap().id;
+    let ask = |password: &str| {
+        json!({"patient": patient.0, "reason": "patient collapsed during call",
+               "password": password, "totp": secret.code_at(now().secs())})
+    };
+    // Three free failures, and the attempt that starts the delay, are verified; then
+    // the delays double until one outlasts a round trip. Counting answers, not time:
+    // the loop ends at a refusal whose wait (4 s or more) the next request surely
+    // falls inside.
+    let attempt = |password: String| {
+        ts.http
+            .post(ts.url("/api/admin/break-glass"))
+            .bearer_auth(&admin)
+            .json(&ask(&password))
+            .send()
+    };
+    let mut verified = 0;
+    loop {
+        let r = attempt("wrong".into()).await.unwrap();
+        match r.status().as_u16() {
+            401 => verified += 1,
+            429 => {
+                let retry: i64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if retry >= 4 {
+                    break;
+                }
+            }
+            s => panic!("unexpected status {s}"),
+        }
+        assert!(verified <= 9, "never throttled after {verified} failures");
+    }
+    assert!(verified >= 4, "only {verified} verified before the delay");
+    // Inside the delay even the right password waits, and the refusal is audited.
+    let r = attempt(p.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let refused = ts
+        .expect_audit(AuditAction::BreakGlassRefused, &admin_id, Some("throttled"))
+        .await;
+    assert_eq!(refused.event.priority, Priority::High);
 }

@@ -11,13 +11,23 @@ use super::appointments::{AppointmentView, view};
 use super::login::{verify_pw_gated, verify_totp};
 use super::{ApiError, ApiResult, AppState, Authed, now};
 use crate::audit::{AuditAction, Outcome};
+use crate::auth::ThrottlePolicy;
 use crate::crypto::ctx;
-use crate::model::{AppointmentId, Timestamp};
+use crate::model::{AccountId, AppointmentId, Role, Timestamp};
+
+/// Break-glass re-authentication: three free failures, then growing delays up to
+/// five minutes.
+const POLICY_REAUTH: ThrottlePolicy = ThrottlePolicy {
+    free: 3,
+    cap_s: 300,
+};
 use crate::store::AccountRecord;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlassReq {
+    /// The patient whose appointments the grant opens (one patient per grant).
+    patient: AccountId,
     reason: String,
     password: String,
     totp: String,
@@ -26,6 +36,7 @@ pub struct BreakGlassReq {
 #[derive(Serialize)]
 pub struct BreakGlassResp {
     grant: i64,
+    patient: AccountId,
     expires_at: Timestamp,
 }
 
@@ -49,22 +60,41 @@ pub async fn break_glass(
             "state a reason (10 to 1000 characters)",
         ));
     }
+    let is_patient = matches!(
+        state.store.account(req.patient).await?,
+        Some(p) if p.role == Role::Patient
+    );
+    if !is_patient {
+        state.audit(refuse("not_a_patient")).await?;
+        return Err(ApiError::BadRequest("patient: the id of a patient account"));
+    }
     let account = state
         .store
         .account(id)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let t = now();
+    // Re-authentication is throttled like a login (counted before verifying), so a
+    // stolen admin session cannot be used to guess the admin's password.
+    let key = [(format!("bg:{id}"), POLICY_REAUTH)];
+    let attempt = state.throttle.lock().handle_attempt(&key, t);
+    if let Err(wait) = attempt {
+        state.audit(refuse("throttled")).await?;
+        return Err(ApiError::TooManyRequests(wait));
+    }
     let pw_ok = verify_pw_gated(&state, account.password_hash.clone(), req.password).await?;
     let code_ok = pw_ok && verify_totp(&state, &account, &req.totp, t).await?;
     if !code_ok {
         state.audit(refuse("reauthentication_failed")).await?;
         return Err(ApiError::InvalidCredentials);
     }
+    state.throttle.lock().handle_success(&key[0].0);
     let expires_at = t.plus_secs(state.settings.break_glass_ttl_s);
     // The grant and its entry commit together, or neither does.
     let mut tx = state.store.begin().await?;
-    let grant = tx.create_break_glass(id, &reason, t, expires_at).await?;
+    let grant = tx
+        .create_break_glass(id, req.patient, &reason, t, expires_at)
+        .await?;
     state
         .commit_audited(
             tx,
@@ -72,13 +102,18 @@ pub async fn break_glass(
                 s.event(AuditAction::BreakGlassGranted, Outcome::Success)
                     .high()
                     .target(format!("break-glass:{grant}"))
+                    .patient(req.patient)
                     .detail(reason),
             ],
         )
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(BreakGlassResp { grant, expires_at }),
+        Json(BreakGlassResp {
+            grant,
+            patient: req.patient,
+            expires_at,
+        }),
     ))
 }
 
@@ -97,7 +132,14 @@ pub async fn break_glass_appointment(
 ) -> ApiResult<Response> {
     let admin = require_admin(&state, &s).await?;
     let id = AppointmentId(id);
-    let Some(grant) = state.store.active_break_glass(admin, now()).await? else {
+    // A grant opens its one patient's appointments: an appointment of anyone else,
+    // without a patient, or unknown is refused alike.
+    let appt = state.store.appointment(id).await?;
+    let grant = match appt.as_ref().and_then(|a| a.patient) {
+        Some(p) => state.store.active_break_glass(admin, p, now()).await?,
+        None => None,
+    };
+    let (Some(grant), Some(appt)) = (grant, appt) else {
         state
             .audit(
                 s.event(AuditAction::BreakGlassAccess, Outcome::Denied)
@@ -108,11 +150,6 @@ pub async fn break_glass_appointment(
             .await?;
         return Err(ApiError::Forbidden);
     };
-    let appt = state
-        .store
-        .appointment(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
     let contact = |a: Option<AccountRecord>| {
         a.and_then(|a| a.contact)
             .and_then(|c| state.keyring.open_string(ctx::CONTACT, &c).ok())

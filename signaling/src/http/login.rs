@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{AnySession, ApiError, ApiResult, AppState, Authed, Ctx, invite_label, label_of, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::{
-    DUMMY_HASH, Session, SessionKind, ThrottlePolicy, TotpSecret, hash_recovery_code, new_token,
-    verify_password,
+    DUMMY_HASH, Session, SessionKind, ThrottlePolicy, TotpSecret, hash_recovery_code,
+    legacy_recovery_hash, new_token, verify_password,
 };
 use crate::crypto::ctx;
 use crate::model::{AppointmentId, Principal, Role, Timestamp};
@@ -313,10 +313,18 @@ pub async fn login(
         let ok = match (&req.totp, &req.recovery_code) {
             (Some(code), _) => verify_totp(&state, &account, code, t).await?,
             (None, Some(rc)) => {
-                let used = state
+                let peppered = hash_recovery_code(&state.recovery_pepper, rc);
+                let mut used = state
                     .store
-                    .use_recovery_code(account.id, &hash_recovery_code(rc), t)
+                    .use_recovery_code(account.id, &peppered, t)
                     .await?;
+                if !used {
+                    // Codes made before the pepper existed, until new ones are made.
+                    used = state
+                        .store
+                        .use_recovery_code(account.id, &legacy_recovery_hash(rc), t)
+                        .await?;
+                }
                 if used {
                     state
                         .audit(

@@ -8,6 +8,7 @@ mod admin;
 mod appointments;
 mod break_glass;
 mod chat;
+pub mod client_addr;
 mod consent;
 mod directory;
 mod gate;
@@ -75,11 +76,15 @@ pub struct Inner {
     pub static_dir: Option<PathBuf>,
     hub: Hub,
     throttle: Mutex<Throttle>,
+    /// Keys recovery code hashes; kept outside the database.
+    pub(crate) recovery_pepper: crate::auth::RecoveryPepper,
     /// Bounds concurrent password verification (CPU and memory); sheds the excess.
     pub hash_gate: HashGate,
     /// Requests per second per source address (IPv6: per /64) on the credential
     /// endpoints; pruned by [`run_housekeeping`].
     pub ip_limiter: AddrLimiter,
+    /// Unauthenticated WebSocket connections per address.
+    pub(crate) unauth_ws: Arc<client_addr::UnauthConns>,
     /// The audit log's checkpoint signer, which the key directory nudges so that a
     /// registration is provable when its response goes out. Set once by the server;
     /// without it, proofs cover entries once some checkpoint is signed (the server's
@@ -120,6 +125,7 @@ impl AppState {
         settings: Settings,
         media: Arc<dyn MediaPlane>,
         static_dir: Option<PathBuf>,
+        recovery_pepper: crate::auth::RecoveryPepper,
     ) -> Self {
         AppState(Arc::new(Inner {
             store,
@@ -134,8 +140,10 @@ impl AppState {
                 next_media_room: AtomicU64::new(1),
             },
             throttle: Mutex::new(Throttle::default()),
+            recovery_pepper,
             hash_gate: HashGate::for_this_machine(),
             ip_limiter: AddrLimiter::new(10, 30),
+            unauth_ws: Arc::new(client_addr::UnauthConns::default()),
             signer: OnceLock::new(),
         }))
     }
@@ -340,14 +348,21 @@ pub async fn run_media(state: AppState, mut events: mpsc::Receiver<MediaEvent>) 
 /// How often [`run_housekeeping`] prunes the limiters.
 pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Periodic upkeep of the in-memory limiters ([`AppState::prune_limiters`]). Run once
-/// per state, for the life of the server.
+/// Periodic upkeep: the in-memory limiters ([`AppState::prune_limiters`]) and the
+/// session table (expired and revoked rows are deleted, so it does not grow with every
+/// login ever made). Run once per state, for the life of the server.
 pub async fn run_housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        state.prune_limiters(now());
+        let t = now();
+        state.prune_limiters(t);
+        match state.store.purge_sessions(t).await {
+            Ok(n) if n > 0 => tracing::debug!(sessions = n, "purged expired sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+        }
     }
 }
 
@@ -361,6 +376,12 @@ async fn client_config(
 
 /// Build the router: REST under `/api`, `/ws`, `/healthz`, `/readyz`, static `/`.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with `extra` routes (the server's public audit log routes) mounted
+/// inside the same security-header layers as everything else.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let api = Router::new()
         .route("/login", post(login::login))
         .route("/logout", post(login::logout))
@@ -430,6 +451,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(static_service)
+        .with_state(state)
+        .merge(extra)
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
@@ -454,7 +477,6 @@ pub fn router(state: AppState) -> Router {
             header::HeaderName::from_static("permissions-policy"),
             HeaderValue::from_static("camera=(self), microphone=(self), geolocation=()"),
         ))
-        .with_state(state)
 }
 
 /// 'wasm-unsafe-eval' lets the page instantiate the E2EE wasm module without
@@ -640,13 +662,19 @@ pub(crate) fn request_id() -> String {
     hex::encode(b)
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+impl FromRequestParts<AppState> for Ctx {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Behind a listed reverse proxy the client is named by `X-Forwarded-For`;
+        // from anyone else that header is ignored.
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            client_addr::client_ip(c.0.ip(), forwarded, &state.settings.trusted_proxies)
+        });
         Ok(Ctx {
             ip,
             request_id: request_id(),

@@ -97,7 +97,7 @@ pub async fn totp_confirm(
             .await?;
         return Err(ApiError::InvalidCredentials);
     };
-    let codes = recovery_codes(&mut OsRng);
+    let codes = recovery_codes(&state.recovery_pepper, &mut OsRng);
     // The second factor, its recovery codes and the entry commit together.
     let mut tx = state.store.begin().await?;
     tx.enable_totp(id, step).await?;

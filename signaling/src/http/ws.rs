@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
@@ -78,9 +78,24 @@ const _: () = assert!(ICE_CANDIDATES_BURST as usize <= super::MAX_PENDING_PER_PA
 const _: () = assert!(MEDIA_SDP_BURST as usize <= super::MAX_PENDING_PER_PARTICIPANT);
 
 pub async fn upgrade(State(state): State<AppState>, ctx: Ctx, ws: WebSocketUpgrade) -> Response {
+    // A place among the address's unauthenticated connections, held until `hello`
+    // succeeds: without it one address could hold any number of sockets open
+    // without ever authenticating.
+    let slot = match ctx.ip {
+        Some(ip) => match state
+            .unauth_ws
+            .try_open(ip, state.settings.ws_unauth_per_addr)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                return ApiError::TooManyRequests(HELLO_TIMEOUT.as_secs() as i64).into_response();
+            }
+        },
+        None => None,
+    };
     ws.max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
-        .on_upgrade(move |socket| run(state, ctx, socket))
+        .on_upgrade(move |socket| run(state, ctx, socket, slot))
 }
 
 struct ConnAuth {
@@ -104,6 +119,9 @@ struct Conn {
     sdp_rate: DefaultDirectRateLimiter,
     ice_rate: DefaultDirectRateLimiter,
     last_touch: Timestamp,
+    /// The connection's place among its address's unauthenticated ones, given back
+    /// once `hello` succeeds.
+    unauth: Option<super::client_addr::UnauthSlot>,
 }
 
 impl Conn {
@@ -136,7 +154,12 @@ impl Conn {
     }
 }
 
-async fn run(state: AppState, ctx: Ctx, socket: WebSocket) {
+async fn run(
+    state: AppState,
+    ctx: Ctx,
+    socket: WebSocket,
+    unauth: Option<super::client_addr::UnauthSlot>,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut conn = Conn {
@@ -151,6 +174,7 @@ async fn run(state: AppState, ctx: Ctx, socket: WebSocket) {
         sdp_rate: RateLimiter::direct(quota(MEDIA_SDP_PER_S, MEDIA_SDP_BURST)),
         ice_rate: RateLimiter::direct(quota(ICE_CANDIDATES_PER_S, ICE_CANDIDATES_BURST)),
         last_touch: now(),
+        unauth,
     };
     // Metrics: open WebSocket connections (decremented after `disconnect` below).
     metrics::gauge!(super::WS_CONNECTIONS).increment(1.0);
@@ -236,7 +260,12 @@ async fn on_tick(state: &AppState, conn: &mut Conn) -> bool {
     let Some(auth) = &conn.auth else { return true };
     let session = match state.store.session(&auth.token_hash).await {
         Ok(Some(s)) => s,
-        Ok(None) => return true,
+        // The row is gone (purged, or removed by an operator): the session no longer
+        // exists, so neither does the connection's authentication (fail closed).
+        Ok(None) => {
+            conn.error(ErrorCode::SessionExpired);
+            return false;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "session check failed");
             return true;
@@ -677,6 +706,7 @@ async fn hello(
         )
         .await
         .map_err(audit_refused)?;
+    conn.unauth = None;
     conn.auth = Some(ConnAuth {
         token_hash: hash_token(token),
         principal: session.principal.clone(),

@@ -241,6 +241,8 @@ impl SealedColumn {
 pub struct BreakGlassGrant {
     pub id: i64,
     pub admin: AccountId,
+    /// The one patient whose appointments the grant opens.
+    pub patient: AccountId,
     pub reason: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
@@ -265,6 +267,7 @@ pub trait StoreTx: Send {
     async fn create_break_glass(
         &mut self,
         admin: AccountId,
+        patient: AccountId,
         reason: &str,
         now: Timestamp,
         expires_at: Timestamp,
@@ -320,6 +323,9 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn touch_session(&self, token_hash: &[u8], now: Timestamp) -> Result<()>;
     async fn revoke_session(&self, token_hash: &[u8]) -> Result<bool>;
     async fn revoke_account_sessions(&self, id: AccountId) -> Result<u64>;
+    /// Deletes sessions past their absolute lifetime at `now`, and revoked ones;
+    /// returns how many.
+    async fn purge_sessions(&self, now: Timestamp) -> Result<u64>;
 
     // appointments
     async fn create_appointment(&self, a: NewAppointment) -> Result<AppointmentId>;
@@ -358,16 +364,20 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn update_sealed_cell(&self, c: &SealedCell) -> Result<()>;
 
     // break-glass
+    /// A grant to `admin` for `patient`'s appointments.
     async fn create_break_glass(
         &self,
         admin: AccountId,
+        patient: AccountId,
         reason: &str,
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<i64>;
+    /// `admin`'s unexpired grant for `patient`, if any.
     async fn active_break_glass(
         &self,
         admin: AccountId,
+        patient: AccountId,
         now: Timestamp,
     ) -> Result<Option<BreakGlassGrant>>;
 }

@@ -273,14 +273,17 @@ async fn w_revoke_consent(c: &mut AnyConnection, subject: &str, now: Timestamp) 
 async fn w_create_break_glass(
     c: &mut AnyConnection,
     admin: AccountId,
+    patient: AccountId,
     reason: &str,
     now: Timestamp,
     expires_at: Timestamp,
 ) -> Result<i64> {
     let row = sqlx::query(
-        "INSERT INTO break_glass (admin_id, reason, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO break_glass (admin_id, patient_id, reason, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(admin.0)
+    .bind(patient.0)
     .bind(reason)
     .bind(now.0)
     .bind(expires_at.0)
@@ -384,11 +387,12 @@ impl StoreTx for SqlTx {
     async fn create_break_glass(
         &mut self,
         admin: AccountId,
+        patient: AccountId,
         reason: &str,
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<i64> {
-        w_create_break_glass(&mut self.tx, admin, reason, now, expires_at).await
+        w_create_break_glass(&mut self.tx, admin, patient, reason, now, expires_at).await
     }
     async fn set_totp_pending(&mut self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()> {
         w_set_totp_pending(&mut self.tx, id, sealed_secret).await
@@ -573,6 +577,14 @@ impl Store for SqlStore {
                 .bind(id.0)
                 .execute(&self.pool)
                 .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn purge_sessions(&self, now: Timestamp) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR revoked = 1")
+            .bind(now.0)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -816,6 +828,7 @@ impl Store for SqlStore {
     async fn create_break_glass(
         &self,
         admin: AccountId,
+        patient: AccountId,
         reason: &str,
         now: Timestamp,
         expires_at: Timestamp,
@@ -823,6 +836,7 @@ impl Store for SqlStore {
         w_create_break_glass(
             &mut *self.pool.acquire().await?,
             admin,
+            patient,
             reason,
             now,
             expires_at,
@@ -833,13 +847,15 @@ impl Store for SqlStore {
     async fn active_break_glass(
         &self,
         admin: AccountId,
+        patient: AccountId,
         now: Timestamp,
     ) -> Result<Option<BreakGlassGrant>> {
         let row = sqlx::query(
-            "SELECT id, admin_id, reason, created_at, expires_at FROM break_glass \
-             WHERE admin_id = $1 AND expires_at > $2 ORDER BY id DESC LIMIT 1",
+            "SELECT id, admin_id, reason, created_at, expires_at, patient_id FROM break_glass \
+             WHERE admin_id = $1 AND patient_id = $2 AND expires_at > $3 ORDER BY id DESC LIMIT 1",
         )
         .bind(admin.0)
+        .bind(patient.0)
         .bind(now.0)
         .fetch_optional(&self.pool)
         .await?;
@@ -850,6 +866,7 @@ impl Store for SqlStore {
                 reason: r.try_get(2)?,
                 created_at: Timestamp(r.try_get(3)?),
                 expires_at: Timestamp(r.try_get(4)?),
+                patient: AccountId(r.try_get(5)?),
             })
         })
         .transpose()
