@@ -114,6 +114,20 @@ async function click(p, sel, what) {
   }, sel), { timeout: 20000, what: `${what}: ${sel} clickable` });
 }
 
+// The server refuses a TOTP code whose step was already used (replay), and the same
+// doctor logs in twice here within a minute: wait for a step not used yet.
+const usedStep = new Map();
+async function unusedTotp(secret) {
+  const step = () => Math.floor(Date.now() / 30000);
+  const last = usedStep.get(secret);
+  if (last !== undefined && step() <= last) {
+    await new Promise((r) => setTimeout(r, (last + 1) * 30000 - Date.now() + 1000));
+  }
+  const code = await freshTotp(secret);
+  usedStep.set(secret, step());
+  return code;
+}
+
 async function login(p, account) {
   await p.goto(`${BASE}/?test=1#/login`);
   await waitVisible(p, '#login-form', 'login form');
@@ -122,7 +136,7 @@ async function login(p, account) {
   await click(p, '#login-submit', 'log in');
   if (account.totp_secret) {
     await waitVisible(p, '#login-totp-field', 'authentication code field', 15000);
-    await fill(p, '#login-totp', await freshTotp(account.totp_secret));
+    await fill(p, '#login-totp', await unusedTotp(account.totp_secret));
     await click(p, '#login-submit', 'log in with the code');
   }
   await waitVisible(p, '#view-appointments', 'appointments after login');
