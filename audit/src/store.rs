@@ -469,11 +469,7 @@ impl AuditStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.map(|r| {
-            let note: String = r.try_get(0).map_err(db)?;
-            SignedCheckpoint::from_note(&note, key)
-        })
-        .transpose()
+        checkpoint_of(row, key)
     }
 
     /// The stored note of the checkpoint at `size`, checked under `key`.
@@ -487,11 +483,7 @@ impl AuditStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.map(|r| {
-            let note: String = r.try_get(0).map_err(db)?;
-            SignedCheckpoint::from_note(&note, key)
-        })
-        .transpose()
+        checkpoint_of(row, key)
     }
 
     /// Stores witness cosignatures of the checkpoint at `size`. The caller has
@@ -1058,4 +1050,16 @@ impl AuditWriter {
             .and_then(Timestamp::from_unix_millis)
             .map(|t| t.saturating_add_millis(self.policy.max_delay_ms)))
     }
+}
+
+/// A stored checkpoint note (first column of `row`), checked under `key`.
+fn checkpoint_of(
+    row: Option<sqlx::any::AnyRow>,
+    key: &LogPublicKey,
+) -> Result<Option<SignedCheckpoint>, Error> {
+    row.map(|r| {
+        let note: String = r.try_get(0).map_err(db)?;
+        SignedCheckpoint::from_note(&note, key)
+    })
+    .transpose()
 }
