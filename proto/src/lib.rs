@@ -103,7 +103,7 @@ pub enum ClientMsg {
 }
 
 /// The `type` strings of [`ClientMsg`], to tell "unknown type" from "bad fields".
-const CLIENT_TYPES: &[&str] = &[
+pub const CLIENT_TYPES: &[&str] = &[
     "hello",
     "join",
     "admit",
