@@ -159,10 +159,19 @@ pub enum ServerMsg {
         role: Role,
         idle_timeout_s: u64,
     },
-    /// You are in the waiting room of `consultation`.
+    /// You are in the waiting room of `consultation`; `doctor_online`: whether its
+    /// doctor is in the consultation now (`doctor_presence` tells every change after).
     Waiting {
         consultation: AppointmentId,
         you: ParticipantId,
+        /// Absent from an older server: read as not online.
+        #[serde(default)]
+        doctor_online: bool,
+    },
+    /// To everyone in the waiting room: the doctor came into the consultation
+    /// (`online`) or left it.
+    DoctorPresence {
+        online: bool,
     },
     /// Doctor: you are in the consultation.
     Joined {

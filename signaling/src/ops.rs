@@ -240,6 +240,10 @@ pub async fn create_bench_pairs(
 
 /// Seed (or re-use) the demo accounts and book a fresh appointment that starts now.
 /// Passwords are fixed; TOTP secrets are made once and read back on later runs.
+///
+/// The demo patient is given no consent: the first consultation shows the consent step
+/// a real patient goes through. A consent the patient gave (in the browser) stands on
+/// later runs, as it would for a real patient.
 pub async fn seed_demo(
     store: &dyn Store,
     keyring: &Keyring,
@@ -316,11 +320,6 @@ pub async fn seed_demo(
         } else {
             None
         };
-        if role == Role::Patient && store.active_consent(&id.to_string()).await?.is_none() {
-            store
-                .record_consent(&id.to_string(), terms_version, now)
-                .await?;
-        }
         accounts.push(DemoAccount {
             username: username.into(),
             password: password.into(),
@@ -353,4 +352,24 @@ pub async fn seed_demo(
         appointment_start: now.secs(),
         terms_version: terms_version.into(),
     })
+}
+
+/// Records the demo patient's consent to the demo's terms, as the patient does in the
+/// browser's consent step: for tests and tools that drive the demo clinic without a
+/// browser (the demo itself starts without it, see [`seed_demo`]).
+pub async fn consent_demo_patient(
+    store: &dyn Store,
+    info: &DemoInfo,
+    now: Timestamp,
+) -> Result<(), OpsError> {
+    let patient = info
+        .account(Role::Patient)
+        .ok_or(OpsError::Invalid("the demo has no patient"))?;
+    let principal = patient.id.to_string();
+    if store.active_consent(&principal).await?.is_none() {
+        store
+            .record_consent(&principal, &info.terms_version, now)
+            .await?;
+    }
+    Ok(())
 }

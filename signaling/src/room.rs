@@ -291,6 +291,21 @@ impl Consultation {
         }
     }
 
+    /// Tells everyone waiting whether the doctor is in the consultation now (after the
+    /// doctor joined or left), so the waiting room can say so.
+    fn push_doctor_presence(&mut self) {
+        let online = !self.doctors().is_empty();
+        let waiting: Vec<ParticipantId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Waiting)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.send(id, ServerMsg::DoctorPresence { online });
+        }
+    }
+
     /// Whether one more participant other than the doctor may be admitted.
     fn has_room_for_another(&self) -> bool {
         self.has_room_for(1)
@@ -388,16 +403,19 @@ impl Consultation {
             );
             let waiting = self.list(MemberState::Waiting, None);
             self.send(id, ServerMsg::WaitingRoom { waiting });
+            self.push_doctor_presence();
             Ok(JoinOutcome::Joined)
         } else if readmit {
             self.admit_waiting(id);
             Ok(JoinOutcome::Readmitted)
         } else {
+            let doctor_online = !self.doctors().is_empty();
             self.send(
                 id,
                 ServerMsg::Waiting {
                     consultation: self.appointment,
                     you: id,
+                    doctor_online,
                 },
             );
             self.push_waiting_room();
@@ -531,6 +549,9 @@ impl Consultation {
                             reason,
                         },
                     );
+                }
+                if m.info.role == Role::Doctor {
+                    self.push_doctor_presence();
                 }
             }
             MemberState::Waiting => self.push_waiting_room(),
@@ -878,6 +899,65 @@ mod tests {
         let out = drain(&mut r);
         assert!(matches!(sent_to(&out, 2)[0], ServerMsg::Admitted { .. }));
         assert_joined_and_media_admits(&out, 1, 2);
+    }
+
+    #[test]
+    fn the_waiting_room_hears_whether_the_doctor_is_in() {
+        let presence = |out: &[RoomOutput], who: u64| -> Vec<bool> {
+            sent_to(out, who)
+                .iter()
+                .filter_map(|m| match m {
+                    ServerMsg::DoctorPresence { online } => Some(*online),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut r = room();
+        // Before the doctor: waiting, and told the doctor is not in yet.
+        r.handle_join(T0, joiner(2, Role::Patient)).unwrap();
+        let out = drain(&mut r);
+        assert!(matches!(
+            sent_to(&out, 2)[0],
+            ServerMsg::Waiting {
+                doctor_online: false,
+                ..
+            }
+        ));
+        // The doctor comes in: everyone waiting hears it, once.
+        r.handle_join(T0, joiner(1, Role::Doctor)).unwrap();
+        let out = drain(&mut r);
+        assert_eq!(presence(&out, 2), [true]);
+        assert!(presence(&out, 1).is_empty(), "the doctor is not told");
+        // Someone arriving now learns it from `waiting` itself.
+        r.handle_join(T0, joiner(3, Role::Guest)).unwrap();
+        let out = drain(&mut r);
+        assert!(matches!(
+            sent_to(&out, 3)[0],
+            ServerMsg::Waiting {
+                doctor_online: true,
+                ..
+            }
+        ));
+        // The patient is admitted; the doctor's connection drops: only the guest, still
+        // waiting, hears that the doctor is gone.
+        r.handle_admit(T0, ParticipantId(1), ParticipantId(2))
+            .unwrap();
+        drain(&mut r);
+        r.handle_leave(T0, ParticipantId(1), LeaveReason::Disconnected)
+            .unwrap();
+        let out = drain(&mut r);
+        assert_eq!(presence(&out, 3), [false]);
+        assert!(
+            presence(&out, 2).is_empty(),
+            "admitted: not a waiting-room message"
+        );
+        // A waiting participant leaving says nothing about the doctor.
+        r.handle_join(T0, joiner(1, Role::Doctor)).unwrap();
+        drain(&mut r);
+        r.handle_leave(T0, ParticipantId(3), LeaveReason::Left)
+            .unwrap();
+        let out = drain(&mut r);
+        assert!(presence(&out, 3).is_empty());
     }
 
     #[test]

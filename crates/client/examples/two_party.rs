@@ -27,6 +27,14 @@ async fn main() -> anyhow::Result<()> {
     cfg.media.workers = 1;
     let server = start(cfg).await?;
     let demo = server.demo.clone().context("demo clinic")?;
+    // The demo patient starts without consent; give it, as the patient would in the
+    // browser's consent step.
+    confide_server::confide_signaling::ops::consent_demo_patient(
+        server.state.store.as_ref(),
+        &demo,
+        confide_server::confide_signaling::http::now(),
+    )
+    .await?;
     println!("server on https://{}", server.addr);
 
     let creds = |role| -> anyhow::Result<Credentials> {

@@ -9,6 +9,7 @@ pub mod audit_cmd;
 pub mod host_addr;
 pub mod media;
 pub mod metrics;
+pub mod terminal_qr;
 pub mod tls;
 pub mod witness;
 

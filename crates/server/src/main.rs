@@ -1,5 +1,6 @@
 //! `confide`: serve a clinic, seed the demo, administer accounts and keys.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -306,7 +307,8 @@ async fn main() -> anyhow::Result<()> {
                 println!("Metrics on http://{}/metrics", admin.addr);
             }
             if let Some(demo) = &running.demo {
-                print_demo(demo, running.addr);
+                // `--demo` is for a person trying the clinic: always show the QR codes.
+                print_demo(demo, running.addr, true);
             }
             let handle = running.handle.clone();
             tokio::spawn(async move {
@@ -323,7 +325,8 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                print_demo(&info, cfg.bind);
+                // QR codes only for a person at a terminal; never into the JSON.
+                print_demo(&info, cfg.bind, std::io::stdout().is_terminal());
             }
             Ok(())
         }
@@ -341,7 +344,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn print_demo(info: &DemoInfo, addr: SocketAddr) {
+/// The demo's logins. With `qr`, each clinician's TOTP enrolment is also drawn as a QR
+/// code to scan with an authenticator app (coloured when standard output is a terminal).
+fn print_demo(info: &DemoInfo, addr: SocketAddr, qr: bool) {
     println!();
     println!("Demo clinic (demo credentials; never use them for real patients):");
     for a in &info.accounts {
@@ -360,10 +365,31 @@ fn print_demo(info: &DemoInfo, addr: SocketAddr) {
         "  appointment {} starts now; open https://{addr}/ and log in.",
         info.appointment_id.0
     );
+    println!("  The patient is asked for consent before the first consultation.");
     println!("  TOTP codes: add the otpauth URL to an authenticator, e.g.");
     for a in info.accounts.iter().filter(|a| a.otpauth_url.is_some()) {
         if let Some(u) = &a.otpauth_url {
             println!("    {u}");
+        }
+    }
+    if qr {
+        let ansi = std::io::stdout().is_terminal();
+        for a in &info.accounts {
+            let Some(url) = &a.otpauth_url else { continue };
+            match confide_server::terminal_qr::render(url, ansi) {
+                Ok(code) => {
+                    println!();
+                    println!(
+                        "  {} ({}): scan with an authenticator app",
+                        a.username,
+                        a.role.as_str()
+                    );
+                    println!("{code}");
+                }
+                // The URL above still works; a code too long for a QR code is no reason
+                // to stop the demo.
+                Err(e) => eprintln!("no QR code for {}: {e}", a.username),
+            }
         }
     }
     println!("  Machine-readable: confide demo --json");

@@ -202,3 +202,90 @@ async fn whole_flow_doctor_and_patient() {
         assert!(!dump.contains(secret), "audit log contains {secret}");
     }
 }
+
+/// The appointment of `appt` in the list `token`'s account gets, if it is there.
+async fn listed(ts: &TestServer, token: &str, appt: i64) -> Option<serde_json::Value> {
+    let r = ts.req("GET", "/api/appointments", Some(token), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == appt)
+        .cloned()
+}
+
+/// The doctor's appointment list says who waits (a `waiting` count, from the live
+/// room), and the waiting room says whether the doctor is in (`doctor_online`, then
+/// `doctor_presence` on each change). Nobody but the appointment's doctor sees the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_sees_who_waits_and_the_waiting_room_sees_the_doctor() {
+    let ts = server().await;
+    let appt = ts.appointment();
+    let doctor = ts.login_demo(Role::Doctor).await;
+    let patient = ts.login_demo(Role::Patient).await;
+    let staff = ts.login_demo(Role::Staff).await;
+    let (_, pw, secret) = ts.add_account("other-doctor", Role::Doctor).await;
+    let other_doctor = ts.login("other-doctor", &pw, secret.as_deref()).await;
+
+    let mine = listed(&ts, &doctor, appt.0).await.unwrap();
+    assert_eq!(mine["waiting"], 0, "nobody connected yet: {mine}");
+
+    // The patient arrives first: waiting, and told the doctor is not in.
+    let mut p = ts.ws_authed(&patient).await;
+    p.join(appt).await;
+    let w = p.recv_type("waiting").await;
+    assert_eq!(w["doctor_online"], false, "{w}");
+    assert_eq!(listed(&ts, &doctor, appt.0).await.unwrap()["waiting"], 1);
+    // A guest invited by the doctor waits too.
+    let (guest, _) = ts.guest(&doctor).await;
+    let mut g = ts.ws_authed(&guest).await;
+    g.join(appt).await;
+    g.recv_type("waiting").await;
+    assert_eq!(listed(&ts, &doctor, appt.0).await.unwrap()["waiting"], 2);
+
+    // The count is the doctor's alone: not in the patient's list, not in the staff
+    // schedule, and another doctor does not see the appointment at all.
+    let theirs = listed(&ts, &patient, appt.0).await.unwrap();
+    assert!(theirs.get("waiting").is_none(), "patient: {theirs}");
+    let schedule = listed(&ts, &staff, appt.0).await.unwrap();
+    assert!(schedule.get("waiting").is_none(), "staff: {schedule}");
+    assert!(listed(&ts, &other_doctor, appt.0).await.is_none());
+    // Listing stays audited, per appointment shown.
+    let doc = ts.principal(Role::Doctor);
+    let entry = ts
+        .expect_audit(AuditAction::AppointmentsListed, &doc, None)
+        .await;
+    assert_eq!(entry.event.outcome, Outcome::Success);
+
+    // The doctor comes in: both waiting participants hear it.
+    let mut d = ts.ws_authed(&doctor).await;
+    d.join(appt).await;
+    d.recv_type("joined").await;
+    for x in [&mut p, &mut g] {
+        assert_eq!(x.recv_type("doctor_presence").await["online"], true);
+    }
+    // The doctor's connection drops: they hear that too, and still wait.
+    drop(d);
+    for x in [&mut p, &mut g] {
+        assert_eq!(x.recv_type("doctor_presence").await["online"], false);
+    }
+    assert_eq!(listed(&ts, &doctor, appt.0).await.unwrap()["waiting"], 2);
+
+    // Both leave: the count goes back to 0 (the room is gone).
+    for x in [&mut p, &mut g] {
+        x.send(json!({"type": "leave"})).await;
+        x.recv_type("left").await;
+    }
+    let mut left = 2;
+    for _ in 0..40 {
+        left = listed(&ts, &doctor, appt.0).await.unwrap()["waiting"]
+            .as_u64()
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0);
+}

@@ -26,6 +26,15 @@ async fn server() -> Server {
     cfg.static_dir = Some(dir.path().join("no-static"));
     cfg.media.workers = 1;
     let running = start(cfg).await.unwrap();
+    // The demo patient starts without consent; these tests join as one who has given it.
+    let demo = running.demo.as_ref().unwrap();
+    confide_server::confide_signaling::ops::consent_demo_patient(
+        running.state.store.as_ref(),
+        demo,
+        confide_server::confide_signaling::http::now(),
+    )
+    .await
+    .unwrap();
     Server { running, _dir: dir }
 }
 

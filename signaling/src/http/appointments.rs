@@ -31,6 +31,11 @@ pub struct AppointmentView {
     /// Only for the doctor and patient of the appointment.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// Only in the doctor's own list: how many people are in the consultation's
+    /// waiting room now (the patient, invited guests), so the list can say
+    /// "patient waiting" before the doctor opens it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<usize>,
 }
 
 async fn person(state: &AppState, id: AccountId) -> ApiResult<PersonRef> {
@@ -62,6 +67,7 @@ pub(super) async fn view(
         duration_s: a.duration_s,
         status: a.status,
         reason,
+        waiting: None,
     })
 }
 
@@ -108,7 +114,13 @@ pub async fn list_appointments(
     };
     let mut out = Vec::with_capacity(list.len());
     for a in &list {
-        out.push(view(&state, a, clinical(s.session.role)).await?);
+        let mut v = view(&state, a, clinical(s.session.role)).await?;
+        // The doctor's list is of their own appointments only (queried by doctor
+        // above); booked ones are the only ones a waiting room can be open for.
+        if s.session.role == Role::Doctor && a.status == AppointmentStatus::Booked {
+            v.waiting = Some(state.waiting_in(a.id));
+        }
+        out.push(v);
     }
     // One entry per appointment shown, naming its patient, so that the per-patient
     // access report lists whoever listed that patient's appointments; all of them

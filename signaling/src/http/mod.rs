@@ -238,6 +238,20 @@ impl AppState {
         self.hub.rooms.len()
     }
 
+    /// How many people are in the waiting room of `appt` now (0 when nobody is
+    /// connected to it). The slot is cloned out of the map before it is locked, as the
+    /// WebSocket handlers do, so this never holds a map shard and a room lock at once.
+    pub fn waiting_in(&self, appt: AppointmentId) -> usize {
+        let Some(slot) = self.hub.rooms.get(&appt).map(|s| s.value().clone()) else {
+            return 0;
+        };
+        let slot = slot.lock();
+        if slot.retired {
+            return 0;
+        }
+        slot.room.count(crate::room::MemberState::Waiting)
+    }
+
     /// Live consultations with their admitted and waiting participants, counted at
     /// once (the metrics endpoint calls this on each scrape; each room lock is held
     /// only to count).

@@ -31,6 +31,15 @@ pub async fn demo_server(bwe: bool) -> (tempfile::TempDir, Running, Endpoint) {
     cfg.media.workers = 1;
     cfg.media.bwe = bwe;
     let server = start(cfg).await.unwrap();
+    // The demo patient starts without consent; these tests join as one who has given it.
+    let demo = server.demo.as_ref().unwrap();
+    confide_server::confide_signaling::ops::consent_demo_patient(
+        server.state.store.as_ref(),
+        demo,
+        confide_server::confide_signaling::http::now(),
+    )
+    .await
+    .unwrap();
     let ep = Endpoint::new("localhost", server.addr, Some(&server.cert_der)).unwrap();
     (dir, server, ep)
 }

@@ -46,6 +46,11 @@ pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     tweak(&mut cfg);
     let running = start(cfg).await.unwrap();
     let demo = running.demo.clone().unwrap();
+    // The demo patient starts without consent (the browser demo shows that step); these
+    // tests join as a patient who has given it.
+    ops::consent_demo_patient(running.state.store.as_ref(), &demo, now())
+        .await
+        .unwrap();
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_der(&running.cert_der).unwrap())
         .tls_built_in_root_certs(false)
