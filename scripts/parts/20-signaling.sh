@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Signaling smoke test of the real binary: `confide demo --json` gives credentials,
 # `confide serve --demo` answers on HTTPS (health, readiness, a patient login with the
-# demo password, a doctor login with a TOTP code computed from the printed secret).
+# demo password, a doctor login with a TOTP code computed from the printed secret) and
+# prints the clinicians' TOTP QR codes (never into the JSON); the demo patient has not
+# consented yet (the browser demo shows the consent step).
+#
+# Environment: CONFIDE_BIN  use this `confide` binary instead of building a debug one
+# (e.g. the release binary scripts/serve-demo built).
 # The Rust test suites (store on SQLite and PostgreSQL, TLS WebSocket flows, refusals,
 # malformed input) run in `cargo test`; this only checks the binary as shipped.
 set -euo pipefail
@@ -16,8 +21,12 @@ if command -v psql >/dev/null; then
     psql "$url" -Atc 'select 1' >/dev/null || { echo "PostgreSQL at $url does not answer"; exit 1; }
 fi
 
-cargo build -q -p confide-server --bin confide
-bin=${CARGO_TARGET_DIR:-target}/debug/confide
+if [ -n "${CONFIDE_BIN:-}" ]; then
+    bin=$CONFIDE_BIN
+else
+    cargo build -q -p confide-server --bin confide
+    bin=${CARGO_TARGET_DIR:-target}/debug/confide
+fi
 work=$(mktemp -d)
 server_pid=
 cleanup() {
@@ -34,6 +43,8 @@ check() {
 
 "$bin" demo --json --data-dir "$work/data" > "$work/demo.json"
 check python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["appointment_id"] and all(a["password"] for a in d["accounts"])' "$work/demo.json"
+# Standard output is a file here: no QR code (and no colour codes) in the JSON.
+check python3 -c 'import sys; t=open(sys.argv[1], encoding="utf-8").read(); assert "\u2588" not in t and "\x1b" not in t' "$work/demo.json"
 
 "$bin" serve --demo --data-dir "$work/data" --bind 127.0.0.1:0 --media-bind 127.0.0.1 > "$work/serve.out" 2> "$work/serve.err" &
 server_pid=$!
@@ -50,12 +61,21 @@ cert="$work/data/tls/cert.pem"
 check test "$(curl -sS --cacert "$cert" "$base/healthz")" = ok
 check test "$(curl -sS --cacert "$cert" "$base/readyz")" = ready
 check grep -q "TLS certificate SHA-256 fingerprint" "$work/serve.out"
+# `--demo` draws each clinician's TOTP enrolment as a QR code (half blocks), also when
+# standard output is not a terminal (then without colour codes).
+check test "$(grep -c 'scan with an authenticator app' "$work/serve.out")" -ge 1
+check grep -qF $'\xe2\x96\x88' "$work/serve.out"
+check test "$(grep -cF $'\x1b' "$work/serve.out")" = 0
 
 login() {
     curl -sS --cacert "$cert" -H 'content-type: application/json' -d "$1" "$base/api/login"
 }
 out=$(login '{"username":"patient","password":"demo-patient-password"}')
 check python3 -c 'import json,sys; assert json.loads(sys.argv[1])["role"] == "patient"' "$out"
+# The demo patient has not consented: the first consultation asks.
+ptoken=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token"])' "$out")
+consent=$(curl -sS --cacert "$cert" -H "authorization: Bearer $ptoken" "$base/api/consent")
+check python3 -c 'import json,sys; assert json.loads(sys.argv[1])["accepted"] is False' "$consent"
 
 # RFC 6238 from the printed secret, as a browser test would do it.
 code=$(python3 - "$work/demo.json" <<'PY'

@@ -14,7 +14,8 @@
 //   CHROMIUM           the browser binary (default /usr/bin/chromium)
 //
 // One consultation, in order: the doctor and the patient log in (the doctor with a TOTP
-// code computed here), the patient consents and waits, the doctor admits (an MLS Add),
+// code computed here), the patient consents (before any camera is asked for), checks
+// the camera and waits, told the doctor is online; the doctor admits (an MLS Add),
 // both decode each other's video, both show the same safety code and mark each other
 // verified, a chat message arrives decrypted, the SFU only ever forwarded ciphertext,
 // a third account is refused, the test plays a malicious server (a ghost device, a
@@ -158,6 +159,22 @@ async function e2eeOk(p, what) {
   assert.equal(await p.locator('#e2ee-text').innerText(), 'End-to-end encrypted');
 }
 
+/** Leave the call with the Leave button, confirming in the dialog it opens. */
+async function leaveCall(p) {
+  await p.getByRole('button', { name: 'Leave', exact: true }).click();
+  await p.getByRole('dialog', { name: 'Leave the consultation?' })
+    .getByRole('button', { name: 'Leave the consultation' }).click();
+  await p.locator('#view-message[data-kind="left"]').waitFor({ state: 'visible', timeout: 15000 });
+}
+
+/** On a phone the chat is an overlay: open it (nothing to do on a wide screen). */
+async function openChat(p) {
+  if (await p.locator('#chat-toggle').isVisible() && !(await p.locator('#chat-panel').isVisible())) {
+    await p.locator('#chat-toggle').click();
+  }
+  await p.locator('#chat-input').waitFor({ state: 'visible' });
+}
+
 /** A REST call with the session of page `p`. */
 async function rest(p, method, url, body) {
   return p.evaluate(async ([m, u, b]) => {
@@ -196,11 +213,10 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     const p = await openAs('patient', 'delete window.RTCRtpScriptTransform;', { phone: true });
     await login(d, demo.doctor);
     await login(p, demo.patient);
-    // The demo seeds the patient's consent; withdraw it so the consent step is shown.
-    const status = await p.evaluate(async () => (await fetch('/api/consent', {
-      method: 'DELETE', headers: { Authorization: `Bearer ${sessionStorage.getItem('confide.token')}` },
-    })).status);
-    assert.ok(status < 300, `withdrawing consent: HTTP ${status}`);
+    // The demo patient starts without consent, so the consent step is shown.
+    const consent = await rest(p, 'GET', '/api/consent');
+    assert.equal(consent.status, 200);
+    assert.equal(consent.json.accepted, false, 'the demo patient has not consented yet');
     for (const x of [d, p]) {
       await x.locator(`a[data-appointment="${demo.appointment}"]`).waitFor({ timeout: 10000 });
     }
@@ -215,18 +231,24 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await d.getByRole('button', { name: 'Continue' }).click({ timeout: 15000 });
     await d.locator('#view-call').waitFor({ state: 'visible', timeout: 20000 });
 
-    // Patient: pre-call check, consent, waiting room.
+    // Patient: consent first (no camera or microphone asked for before it), then the
+    // pre-call check, then the waiting room.
     await p.locator(`a[data-appointment="${demo.appointment}"]`).click();
-    await p.locator('#view-precall').waitFor({ state: 'visible' });
-    await p.getByRole('button', { name: 'Continue' }).click({ timeout: 15000 });
     await p.locator('#view-consent').waitFor({ state: 'visible', timeout: 15000 });
+    assert.equal(await p.evaluate(() => window.__test.gum), 0, 'the camera was asked for before consent');
     // Continuing without ticking the box is refused with an explanation.
     await p.getByRole('button', { name: 'Agree and continue' }).click();
     await p.locator('#consent-error').waitFor({ state: 'visible' });
+    assert.equal(await p.evaluate(() => window.__test.gum), 0);
     await p.getByLabel('I agree to have this consultation by video.').check();
     await p.getByRole('button', { name: 'Agree and continue' }).click();
+    await p.locator('#view-precall').waitFor({ state: 'visible', timeout: 15000 });
+    await p.getByRole('button', { name: 'Continue' }).click({ timeout: 15000 });
     await p.locator('#view-waiting').waitFor({ state: 'visible', timeout: 20000 });
     assert.match(await p.locator('#view-waiting').innerText(), /The doctor will admit you/);
+    // The doctor is in the call already: the waiting room says so.
+    await p.locator('#waiting-doctor[data-online="true"]').waitFor({ timeout: 10000 });
+    assert.match(await p.locator('#waiting-doctor').innerText(), /doctor is online/);
 
     // Doctor sees the patient waiting and admits.
     const admit = d.locator('#waiting-list button', { hasText: 'Admit' });
@@ -235,7 +257,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await p.locator('#view-call').waitFor({ state: 'visible', timeout: 20000 });
     assert.equal(await view(d), 'call');
     assert.equal(await view(p), 'call');
-    // "Connecting keys…" until the doctor's Add is accepted and the patient has joined
+    // "Waiting for keys" until the doctor's Add is accepted and the patient has joined
     // from the Welcome and checked the doctor's key; then both are in one group.
     for (const [name, x] of [['doctor', d], ['patient', p]]) await e2eeOk(x, name);
     await sameGroup(d, p, 'one MLS group on both pages');
@@ -382,12 +404,38 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     }
   });
 
-  test('a chat message arrives decrypted', async () => {
+  test('a chat message arrives decrypted; on the phone, with a count of new messages while the chat is closed', async () => {
+    const d = page.doctor;
+    const p = page.patient;
+    // The patient's phone shows the chat as an overlay, closed: a message from the
+    // doctor shows as a count on the Chat button (and is read out), not unseen below.
+    assert.equal(await p.locator('#chat-panel').isVisible(), false, 'the phone shows the chat before it is opened');
+    const hello = `Hello, can you hear me? ${Date.now()}`;
+    await d.getByLabel('Message').fill(hello);
+    await d.getByRole('button', { name: 'Send' }).click();
+    await d.locator('#chat-log li[data-from="me"] .text', { hasText: hello }).waitFor({ timeout: 15000 });
+    await p.locator('#chat-unread', { hasText: '1' }).waitFor({ timeout: 15000 });
+    assert.equal(await p.getByRole('button', { name: 'Chat, 1 new message' }).count(), 1);
+    assert.match(await p.locator('#call-announce').innerText(), /New message from/);
+    // Opening the chat shows it and clears the count; the cursor is in the message box.
+    await p.locator('#chat-toggle').click();
+    await p.locator('#chat-log li[data-from="peer"] .text', { hasText: hello }).waitFor({ timeout: 5000 });
+    assert.equal(await p.locator('#chat-unread').isVisible(), false);
+    assert.equal(await p.evaluate(() => document.activeElement.id), 'chat-input');
+
     const text = `Hello doctor, the rash is better ${Date.now()}`;
-    await page.patient.getByLabel('Message').fill(text);
-    await page.patient.getByRole('button', { name: 'Send' }).click();
-    await page.doctor.locator('#chat-log li[data-from="peer"] .text', { hasText: text }).waitFor({ timeout: 15000 });
-    await page.patient.locator('#chat-log li[data-from="me"] .text', { hasText: text }).waitFor({ timeout: 15000 });
+    await p.getByLabel('Message').fill(text);
+    await p.getByRole('button', { name: 'Send' }).click();
+    await d.locator('#chat-log li[data-from="peer"] .text', { hasText: text }).waitFor({ timeout: 15000 });
+    await p.locator('#chat-log li[data-from="me"] .text', { hasText: text }).waitFor({ timeout: 15000 });
+    // Escape closes the overlay and gives focus back to the Chat button.
+    await p.keyboard.press('Escape');
+    assert.equal(await p.locator('#chat-panel').isVisible(), false);
+    assert.equal(await p.evaluate(() => document.activeElement.id), 'chat-toggle');
+    // The doctor's wide screen shows the chat beside the call: no count there.
+    assert.equal(await d.locator('#chat-toggle').isVisible(), false);
+    // Open again: the later steps read the patient's chat log (key messages refused).
+    await openChat(p);
   });
 
   test('the SFU forwarded only SFrame ciphertext: no plaintext sample, a valid header on every frame', { skip: TAP_SKIP }, async () => {
@@ -951,8 +999,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     for (const name of ['doctor', 'patient']) {
       kidsBefore[name] = (await page[name].evaluate(() => window.confideTest.samples())).kids;
     }
-    await g.getByRole('button', { name: 'Leave', exact: true }).click();
-    await g.locator('#view-message[data-kind="left"]').waitFor({ state: 'visible', timeout: 15000 });
+    await leaveCall(g);
     for (const name of ['doctor', 'patient']) {
       const x = page[name];
       await waitFor(async () => {
@@ -970,14 +1017,25 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     await ctx.guest.close();
   });
 
-  test('the doctor ends the consultation; both leave the call view', async () => {
+  test('the doctor ends the consultation (after confirming); both leave the call view', async () => {
     const d = page.doctor;
-    d.once('dialog', (dlg) => dlg.accept());
+    // Ending is confirmed in a dialog; cancelling it keeps the call.
     await d.getByRole('button', { name: 'End consultation for everyone' }).click();
+    const dialog = d.getByRole('dialog', { name: 'End the consultation for everyone?' });
+    await dialog.waitFor();
+    assert.equal(await d.evaluate(() => document.activeElement.id), 'confirm-cancel', 'the safe choice has the focus');
+    await d.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'hidden' });
+    assert.equal(await view(d), 'call');
+    await d.getByRole('button', { name: 'End consultation for everyone' }).click();
+    await dialog.getByRole('button', { name: 'End for everyone' }).click();
     for (const name of ['doctor', 'patient']) {
       await page[name].locator('#view-message[data-kind="ended"]').waitFor({ state: 'visible', timeout: 15000 });
       assert.notEqual(await view(page[name]), 'call');
     }
+    // The doctor is told they ended it, the patient that the doctor did.
+    assert.match(await d.locator('#message-body').innerText(), /^You ended the consultation for everyone/);
+    assert.match(await page.patient.locator('#message-body').innerText(), /^The doctor ended the consultation/);
     await page.patient.screenshot({ path: path.join(OUT, 'patient-ended.png'), fullPage: true });
   });
 
@@ -1029,8 +1087,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
   test('the doctor comes back on a new device: the patient is warned and sends nothing until it accepts; the acceptance survives a reload', async () => {
     const p = page.patient;
     // The doctor leaves and logs in again from another browser: a new device, a new key.
-    await page.doctor.getByRole('button', { name: 'Leave', exact: true }).click();
-    await page.doctor.locator('#view-message[data-kind="left"]').waitFor({ timeout: 15000 });
+    await leaveCall(page.doctor);
     const d2 = await openAs('doctor2');
     await login(d2, demo.doctor);
     await openConsultation(d2, second, false);
@@ -1056,9 +1113,12 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
     assert.ok(s1.withheld > s0.withheld + 20, `withheld ${s0.withheld} -> ${s1.withheld}`);
     const heard = await d2.evaluate(() => window.confideTest.e2eeStats());
     assert.equal(heard.decrypted_from[patientId] || 0, 0);
+    await openChat(p);
     await p.getByLabel('Message').fill('are you there?');
     await p.getByRole('button', { name: 'Send' }).click();
     await p.locator('#chat-log li.system', { hasText: 'could not be encrypted yet' }).waitFor({ timeout: 5000 });
+    // The phone's chat overlay closes again, off the key warning.
+    await p.getByRole('button', { name: 'Close chat' }).click();
 
     // The patient compares the code and accepts: keys are shared, media flows.
     await warning.getByRole('button', { name: /accept the new key/ }).click();

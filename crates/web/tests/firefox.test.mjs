@@ -149,12 +149,24 @@ async function noTestHooks(p) {
   assert.equal(hooks, 'undefined', '?test=1 turned on the test hooks on a server that does not allow them');
 }
 
+/** Open the appointment: a patient who has not consented yet agrees first (before any
+ * camera or microphone is asked for), then the pre-call check. Returns whether the
+ * consent step was shown. */
 async function enter(p, appointment, what) {
   const link = `a[data-appointment="${appointment}"]`;
   await waitVisible(p, link, `${what}: the appointment listed`);
   await click(p, link, what);
+  await waitFor(async () => (await visible(p, '#view-consent')) || (await visible(p, '#view-precall')) || null,
+    { timeout: 20000, what: `${what}: consent or the pre-call check` });
+  const consent = await visible(p, '#view-consent');
+  if (consent) {
+    assert.equal(await p.evaluate(() => window.__test.gum), 0, `${what}: the camera was asked for before consent`);
+    await p.evaluate(() => { document.getElementById('consent-agree').checked = true; });
+    await click(p, '#consent-continue', `${what} consents`);
+  }
   await waitVisible(p, '#view-precall', `${what}: pre-call check`);
   await click(p, '#precall-continue', `${what}: continue after the pre-call check`);
+  return consent;
 }
 
 async function admitFirst(d) {
@@ -245,13 +257,11 @@ async function consultation(doctor, patient, demo, label) {
   await login(patient, demo.patient);
   await enter(doctor, demo.appointment, `${label} doctor`);
   await waitVisible(doctor, '#view-call', `${label} doctor in the call`);
-  await enter(patient, demo.appointment, `${label} patient`);
-  if (await waitFor(async () => (await visible(patient, '#view-consent')) || (await visible(patient, '#view-waiting')) || null,
-    { timeout: 20000, what: `${label} patient: consent or waiting room` }) && await visible(patient, '#view-consent')) {
-    await patient.evaluate(() => { document.getElementById('consent-agree').checked = true; });
-    await click(patient, '#consent-continue', `${label} patient consents`);
-  }
+  const consented = await enter(patient, demo.appointment, `${label} patient`);
   await waitVisible(patient, '#view-waiting', `${label} patient waiting`);
+  // The doctor is in the call already: the waiting room says so.
+  await waitFor(() => patient.evaluate(() => document.getElementById('waiting-doctor').dataset.online === 'true'),
+    { timeout: 10000, what: `${label} patient: the doctor shown online` });
   await admitFirst(doctor);
   await waitVisible(patient, '#view-call', `${label} patient admitted`);
   await e2eeOk(doctor, `${label} doctor`);
@@ -271,7 +281,7 @@ async function consultation(doctor, patient, demo, label) {
     assert.ok(pair, `${label}: a connected candidate pair`);
     assert.equal(pair.remote, '10.77.0.1', `${label}: media reaches the SFU at its routable address`);
   }
-  return { seenByDoctor, seenByPatient };
+  return { seenByDoctor, seenByPatient, consented };
 }
 
 describe('Firefox and Chromium in one E2EE consultation, default media address', { timeout: 300_000 }, () => {
@@ -296,6 +306,8 @@ describe('Firefox and Chromium in one E2EE consultation, default media address',
     assert.match(await p.evaluate(() => navigator.userAgent), /Firefox\//);
     const r = await consultation(d, p, first, 'Chromium doctor / Firefox patient');
     assert.ok(r.seenByPatient.video.framesDecoded > 100);
+    // The demo patient starts without consent: the first consultation asks for it.
+    assert.equal(r.consented, true, 'the demo patient was not asked for consent');
     for (const b of browsers.splice(0)) await b.close();
   });
 
@@ -304,5 +316,7 @@ describe('Firefox and Chromium in one E2EE consultation, default media address',
     const p = await chromiumPage('chromium-patient');
     const r = await consultation(d, p, second, 'Firefox doctor / Chromium patient');
     assert.ok(r.seenByDoctor.video.framesDecoded > 100);
+    // Given once, the consent stands.
+    assert.equal(r.consented, false);
   });
 });

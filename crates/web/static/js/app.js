@@ -12,7 +12,9 @@
 import { api, ApiError, token, setToken } from './api.js';
 import { e2eeSupport } from './e2ee.js';
 import { Consultation } from './call.js';
-import { $, showView, showMessage, setError, el, formatWhen, banner } from './ui.js';
+import {
+  $, showView, showMessage, setError, el, formatWhen, formatTime, formatDuration, timing, banner,
+} from './ui.js';
 
 const TEST_MODE = new URLSearchParams(location.search).get('test') === '1'
   && await fetch('/api/client-config').then((r) => r.json()).then((c) => c.test_hooks === true, () => false);
@@ -25,7 +27,16 @@ const state = {
   afterLogin: null,    // route to go back to after logging in
   precall: null,       // cleanup of the pre-call level meter
   invite: null,        // a guest's invite token, until redeemed
+  listTimer: null,     // refreshes the appointment list while it is shown
 };
+
+// The list's "Now" / "In 10 min" words are redrawn this often; a doctor's list is
+// fetched again this often, for "Patient waiting" (each fetch is an audited read, so
+// not more often than a person would notice).
+const LIST_REDRAW_MS = 30_000;
+const LIST_REFETCH_MS = 60_000;
+// Past appointments shown under "Past appointments", most recent first.
+const PAST_SHOWN = 20;
 
 // ------------------------------------------------------------------ routing
 
@@ -57,6 +68,7 @@ function go(hash) {
 }
 
 window.addEventListener('hashchange', () => {
+  stopListTimer();
   // Leaving the call view by navigation leaves the consultation.
   if (state.consultation && !location.hash.startsWith('#/consultation/')) {
     state.consultation.leave();
@@ -155,8 +167,13 @@ $('login-form').addEventListener('submit', async (e) => {
 
 // ------------------------------------------------------------------ appointments
 
+function stopListTimer() {
+  if (state.listTimer) { clearInterval(state.listTimer); state.listTimer = null; }
+}
+
 async function showAppointments() {
   stopMedia();
+  stopListTimer();
   showView('loading');
   try {
     await loadMe();
@@ -166,23 +183,97 @@ async function showAppointments() {
     showMessage('error', 'Something went wrong', e.message, { home: false });
     return;
   }
+  renderAppointments();
+  showView('appointments');
+  // Keep "Now", "In 10 min" and (for a doctor) "Patient waiting" true while the list
+  // stays open.
+  let since = Date.now();
+  state.listTimer = setInterval(async () => {
+    if (document.body.dataset.view !== 'appointments') { stopListTimer(); return; }
+    if (state.me && state.me.role === 'doctor' && Date.now() - since >= LIST_REFETCH_MS) {
+      since = Date.now();
+      try {
+        state.appointments = await api.appointments();
+      } catch (e) {
+        if (authFailed(e)) { stopListTimer(); return; }
+        /* keep the last list; the next round tries again */
+      }
+    }
+    if (document.body.dataset.view === 'appointments') renderAppointments();
+  }, LIST_REDRAW_MS);
+}
+
+/** The other person of an appointment, from the viewer's side. */
+function otherOf(a) {
+  if (state.me.role === 'doctor') return a.patient ? a.patient.label : 'No patient yet';
+  return a.doctor.label;
+}
+
+/** The list: upcoming and current appointments first (with their duration and where
+ * they stand), past ones folded away below. Keeps the focused Join link focused. */
+function renderAppointments() {
+  const nowSecs = Date.now() / 1000;
+  const doctor = state.me.role === 'doctor';
+  const focused = document.activeElement && document.activeElement.dataset
+    ? document.activeElement.dataset.appointment : undefined;
+  const upcoming = [];
+  const past = [];
+  for (const a of state.appointments) {
+    const t = timing(a.start, a.duration_s, nowSecs);
+    if (a.status === 'booked' && t.state !== 'past') upcoming.push([a, t]);
+    else past.push([a, t]);
+  }
+  upcoming.sort(([x], [y]) => x.start - y.start);
+  past.sort(([x], [y]) => y.start - x.start);
+
   const list = $('appointments-list');
   list.replaceChildren();
-  const upcoming = state.appointments.filter((a) => a.status === 'booked');
   $('appointments-empty').hidden = upcoming.length > 0;
-  for (const a of upcoming) {
-    const other = state.me.role === 'doctor'
-      ? (a.patient ? a.patient.label : 'No patient yet')
-      : a.doctor.label;
+  const waitingNames = [];
+  for (const [a, t] of upcoming) {
+    const other = otherOf(a);
+    const waiting = doctor && a.waiting > 0;
+    if (waiting) waitingNames.push(other);
+    const chips = [];
+    if (waiting) {
+      chips.push(el('span', { class: 'chip waiting', text: a.waiting === 1 ? 'Patient waiting' : `${a.waiting} waiting` }));
+    }
+    if (t.text) chips.push(el('span', { class: `chip ${t.state}`, text: t.text }));
+    const when = `${formatWhen(a.start)}–${formatTime(a.start + a.duration_s)}`;
     const join = el('a', { class: 'button primary', href: `#/consultation/${a.id}`, text: 'Join', 'data-appointment': String(a.id) });
-    join.setAttribute('aria-label', `Join the consultation with ${other}, ${formatWhen(a.start)}`);
-    list.append(el('li', {},
+    join.setAttribute('aria-label', `Join the consultation with ${other}, ${formatWhen(a.start)}, ${formatDuration(a.duration_s)}`
+      + `${t.text ? `, ${t.text.toLowerCase()}` : ''}${waiting ? ', patient waiting' : ''}`);
+    list.append(el('li', { class: [t.state, waiting ? 'waiting' : ''].join(' ').trim(), 'data-state': waiting ? 'waiting' : t.state },
       el('div', {},
-        el('div', { class: 'when', text: formatWhen(a.start) }),
-        el('div', { class: 'with', text: `With ${other}${a.reason ? ` — ${a.reason}` : ''}` })),
+        el('div', { class: 'when' }, document.createTextNode(when), ...chips),
+        el('div', { class: 'with', text: `With ${other} · ${formatDuration(a.duration_s)}${a.reason ? ` — ${a.reason}` : ''}` })),
       join));
   }
-  showView('appointments');
+  if (focused) {
+    const again = list.querySelector(`a[data-appointment="${focused}"]`);
+    if (again) again.focus();
+  }
+
+  const pastList = $('appointments-past-list');
+  pastList.replaceChildren();
+  for (const [a] of past.slice(0, PAST_SHOWN)) {
+    const how = a.status === 'booked' ? 'ended' : a.status;
+    pastList.append(el('li', { 'data-appointment': String(a.id) },
+      el('div', {},
+        el('div', { class: 'when', text: `${formatWhen(a.start)} · ${formatDuration(a.duration_s)}` }),
+        el('div', { class: 'with', text: `With ${otherOf(a)} · ${how}` }))));
+  }
+  $('appointments-past-count').textContent = String(past.length);
+  $('appointments-past').hidden = past.length === 0;
+
+  // One line a screen reader announces when it changes: who waits, else what is next.
+  const next = upcoming[0];
+  let summary = '';
+  if (waitingNames.length === 1) summary = `${waitingNames[0]} is waiting for you.`;
+  else if (waitingNames.length > 1) summary = `${waitingNames.length} consultations have someone waiting.`;
+  else if (next && next[1].state === 'now') summary = `Your consultation with ${otherOf(next[0])} is open now.`;
+  else if (next && next[1].state === 'soon') summary = `Next: with ${otherOf(next[0])}, ${next[1].text.toLowerCase()}.`;
+  if ($('appointments-summary').textContent !== summary) $('appointments-summary').textContent = summary;
 }
 
 // ------------------------------------------------------------------ consultation entry
@@ -218,12 +309,14 @@ async function openConsultation(id) {
       'start without it. Please use a current version of Chrome, Edge, Safari or Firefox.');
     return;
   }
-  const ok = await precallCheck();
-  if (!ok) return;
+  // Consent first: a patient's camera and microphone are not asked for before they
+  // agreed to a video consultation (a guest agreed when redeeming the invite).
   if (me.role !== 'doctor') {
     const consented = await consentStep();
     if (!consented) return;
   }
+  const ok = await precallCheck();
+  if (!ok) return;
   startConsultation(appt, me);
 }
 
@@ -409,7 +502,7 @@ function askConsent(terms, agree, back) {
 
 /** A guest opened an invite link: the terms, then redeem (which records the consent and
  * gives a session for this one consultation), then the usual pre-call check and waiting
- * room. */
+ * room. The camera is asked for only after that agreement. */
 async function showInvite() {
   stopMedia();
   $('who').hidden = true;

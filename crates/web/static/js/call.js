@@ -22,7 +22,9 @@
 import { api } from './api.js';
 import { E2ee } from './e2ee.js';
 import { Signaling } from './signaling.js';
-import { $, showView, showMessage, banner, el, groupDigits } from './ui.js';
+import {
+  $, showView, showMessage, banner, el, groupDigits, confirmDialog, closeDialog, spokenDigits,
+} from './ui.js';
 
 const ICE_GRACE_MS = 8000;   // 'disconnected' this long: try an ICE restart
 const REJOIN_AFTER_MS = 20000; // still not connected: rejoin from scratch
@@ -75,6 +77,8 @@ export class Consultation {
     this.iceTimer = null;
     this.rejoinTimer = null;
     this.wasInCall = false;
+    this.endedByMe = false;      // the doctor pressed End for everyone
+    this.unread = 0;             // chat messages not seen (phones: chat closed)
     this.queue = Promise.resolve();
     this.bindUi();
   }
@@ -135,9 +139,10 @@ export class Consultation {
 
   endForEveryone() {
     if (this.done || this.role !== 'doctor') return;
+    this.endedByMe = true;
     this.sig.send({ type: 'end' });
     // `ended` arrives and closes the view; fall back if the socket is gone.
-    setTimeout(() => this.exit('ended', 'The consultation has ended', 'You ended the consultation for everyone.'), 3000);
+    setTimeout(() => this.exit('ended', 'The consultation has ended', this.endedText('ended_by_doctor')), 3000);
   }
 
   exit(kind, title, body) {
@@ -155,6 +160,7 @@ export class Consultation {
     for (const v of ['local-video', 'waiting-video']) $(v).srcObject = null;
     this.clearTiles();
     this.unbindUi();
+    closeDialog();
     if (kind !== 'auth') showMessage(kind, title, body);
     this.onExit(kind);
   }
@@ -167,7 +173,10 @@ export class Consultation {
       case 'waiting':
         this.you = msg.you;
         this.inCall = false;
-        this.showWaiting();
+        this.showWaiting(msg.doctor_online === true);
+        break;
+      case 'doctor_presence':
+        if (!this.inCall) this.showDoctorPresence(msg.online === true);
         break;
       case 'joined':
       case 'admitted':
@@ -213,8 +222,7 @@ export class Consultation {
       case 'left':
         break;
       case 'ended':
-        this.exit('ended', 'The consultation has ended',
-          msg.reason === 'time_window_closed' ? 'The appointment time is over.' : 'The doctor ended the consultation. Thank you.');
+        this.exit('ended', 'The consultation has ended', this.endedText(msg.reason));
         break;
       case 'error':
         if (this.commitWaiter && COMMIT_ERRORS.has(msg.code)) await this.finishCommit(false, msg);
@@ -255,12 +263,29 @@ export class Consultation {
     if (!this.sig.send(msg)) throw new Error('not connected');
   }
 
+  /** The end page's words: the doctor who ended it is not told "the doctor ended it". */
+  endedText(reason) {
+    if (reason === 'time_window_closed') return 'The appointment time is over.';
+    if (this.endedByMe) return 'You ended the consultation for everyone. You can close this page, or go back to your appointments.';
+    return 'The doctor ended the consultation. Thank you.';
+  }
+
   // ---------------------------------------------------------------- waiting room
 
-  showWaiting() {
+  showWaiting(doctorOnline) {
     banner(this.wasInCall ? 'Reconnected. The doctor will admit you again.' : null);
     $('waiting-video').srcObject = this.media;
+    this.showDoctorPresence(doctorOnline);
     showView('waiting');
+  }
+
+  /** The waiting room's line about the doctor (from `waiting` and `doctor_presence`). */
+  showDoctorPresence(online) {
+    const line = $('waiting-doctor');
+    line.dataset.online = String(online);
+    $('waiting-doctor-text').textContent = online
+      ? 'The doctor is online and will let you in shortly.'
+      : 'The doctor has not joined yet. You will be let in once they arrive.';
   }
 
   renderWaitingList(waiting) {
@@ -575,7 +600,9 @@ export class Consultation {
         class: bad ? 'mismatch' : '', 'data-principal': m.principal, 'data-device': m.device,
         'data-participant': id === null ? '' : String(id), 'data-status': m.status,
       }, el('span', { class: 'who', text: label }),
-      el('span', { class: 'code', text: m.code, 'data-code': m.code.replace(/\s+/g, '') }));
+      el('span', { class: 'code', text: m.code, 'data-code': m.code.replace(/\s+/g, '') }),
+      el('span', { class: 'visually-hidden', text: `Code ${spokenDigits(m.code)}.` }));
+      li.querySelector('.code').setAttribute('aria-hidden', 'true');
       if (m.status === 'verified') {
         li.append(el('span', { class: 'verified', text: '✓ Verified', 'data-verified': 'true' }));
       } else if (m.status === 'pinned') {
@@ -599,16 +626,22 @@ export class Consultation {
     }
     const codes = others.filter((m) => m.code);
     const box = $('safety-code');
+    let spoken;
     if (codes.length === 0) {
       box.textContent = '—';
       box.dataset.code = '';
+      spoken = 'No safety code yet: nobody else is in the call.';
     } else if (codes.length === 1) {
       box.textContent = codes[0].code;
       box.dataset.code = codes[0].code.replace(/\s+/g, '');
+      spoken = `Safety code: ${spokenDigits(codes[0].code)}.`;
     } else {
       box.textContent = codes.map((m) => `${this.labelFor(m.principal)}: ${m.code}`).join('\n');
       box.dataset.code = codes.map((m) => m.code.replace(/\s+/g, '')).join(',');
+      spoken = `Safety codes. ${codes.map((m) => `${this.labelFor(m.principal)}: ${spokenDigits(m.code)}.`).join(' ')}`;
     }
+    // Read out digit by digit: the shown code is hidden from screen readers.
+    if ($('safety-code-sr').textContent !== spoken) $('safety-code-sr').textContent = spoken;
     $('safety-help').textContent = codes.length > 1
       ? 'Compare each code aloud with that person. If it is the same on both screens, nobody is listening in: mark it as verified. If one differs, end the call.'
       : 'Compare this code aloud with the other person. If it is the same on both screens, nobody is listening in: mark it as verified. If it differs, end the call.';
@@ -643,30 +676,42 @@ export class Consultation {
     this.renderIndicator();
   }
 
-  /** "Connecting keys…" until a group with someone else in it is set up and checked;
-   * a warning while keys are withheld or media does not decrypt. */
+  /** Neutral "Waiting for keys" until a group with someone else in it is set up and
+   * checked (never green before a key exchange); a warning while keys are withheld or
+   * media does not decrypt. A longer sentence for screen readers says what it means. */
   renderIndicator() {
     const badge = $('e2ee-indicator');
     const k = this.keys;
     const others = (k.roster || []).filter((m) => !m.self).length;
     let state;
     let text;
+    let spoken;
     if (!k.group || others === 0) {
-      state = 'connecting';
-      text = 'Connecting keys…';
+      state = 'waiting';
+      text = 'Waiting for keys';
+      spoken = this.peers.size === 0
+        ? 'Encryption keys are exchanged when someone else joins. Nothing is sent until then.'
+        : 'Setting up the encryption keys with the other participants. Nothing is sent until they are checked.';
     } else if (!k.sharing) {
       state = 'warn';
       text = 'Keys withheld — a security key needs checking';
+      spoken = 'Nothing is sent until you check the security key shown under Safety code.';
     } else if (this.mediaWarn) {
       state = 'warn';
       text = `End-to-end encrypted — ${this.mediaWarn}`;
+      spoken = 'Warning: see the safety code section.';
     } else {
       state = 'ok';
       text = 'End-to-end encrypted';
+      spoken = 'Only the people in this call can see, hear and read it; the clinic\'s server cannot. Compare the safety code to be sure.';
     }
     badge.classList.toggle('warn', state === 'warn');
-    badge.classList.toggle('connecting', state === 'connecting');
-    $('e2ee-text').textContent = text;
+    badge.classList.toggle('ok', state === 'ok');
+    badge.classList.toggle('waiting', state === 'waiting');
+    if ($('e2ee-text').textContent !== text) $('e2ee-text').textContent = text;
+    // After the visible words, for a screen reader: what the state means.
+    const sr = `. ${spoken}`;
+    if ($('e2ee-sr').textContent !== sr) $('e2ee-sr').textContent = sr;
     badge.dataset.state = state;
   }
 
@@ -931,7 +976,10 @@ export class Consultation {
     }
     const p = this.peers.get(msg.from);
     const who = p ? p.label : (r.sender ? this.labelFor(r.sender.principal) : 'Participant');
-    if (r.kind === 'chat') this.appendChat(who, r.text, false);
+    if (r.kind === 'chat') {
+      this.appendChat(who, r.text, false);
+      this.noteIncoming(who);
+    }
     if (r.kind === 'checkpoint' && r.splitView) {
       // A forked log: the server showed this member and us different histories.
       const k = `${r.sender.principal}/${r.sender.device}/split`;
@@ -994,11 +1042,37 @@ export class Consultation {
         const off = this.toggle('video', 'btn-cam', 'Turn camera off', 'Turn camera on');
         document.querySelector('.stage').classList.toggle('cam-off', off);
       },
-      leave: () => this.leave(),
-      end: () => {
-        if (window.confirm('End the consultation for everyone?')) this.endForEveryone();
+      leave: async () => {
+        const doctor = this.role === 'doctor';
+        const ok = await confirmDialog({
+          title: 'Leave the consultation?',
+          body: doctor
+            ? 'The others stay in the call without you. You can come back while the appointment is open. To close it for everyone, use "End consultation for everyone" instead.'
+            : 'You can come back while the appointment is open; the doctor will let you in again.',
+          ok: 'Leave the consultation',
+          cancel: 'Stay',
+        });
+        if (ok) this.leave();
+      },
+      end: async () => {
+        const ok = await confirmDialog({
+          title: 'End the consultation for everyone?',
+          body: 'Everyone is disconnected and the consultation closes. It cannot be opened again.',
+          ok: 'End for everyone',
+          cancel: 'Cancel',
+          danger: true,
+        });
+        if (ok) this.endForEveryone();
       },
       waitingLeave: () => this.leave(),
+      chatToggle: () => this.setChatOpen(!this.chatOpen()),
+      chatClose: () => this.setChatOpen(false),
+      chatKey: (e) => {
+        if (e.key === 'Escape' && this.isPhone() && this.chatOpen()) {
+          e.preventDefault();
+          this.setChatOpen(false);
+        }
+      },
       invite: () => this.createInvite().catch((err) => this.onHandlerError(err)),
       copyInvite: () => {
         const input = $('invite-link');
@@ -1021,9 +1095,14 @@ export class Consultation {
     $('chat-form').addEventListener('submit', this.handlers.chat);
     $('invite-create').addEventListener('click', this.handlers.invite);
     $('invite-copy').addEventListener('click', this.handlers.copyInvite);
+    $('chat-toggle').addEventListener('click', this.handlers.chatToggle);
+    $('chat-close').addEventListener('click', this.handlers.chatClose);
+    $('chat-panel').addEventListener('keydown', this.handlers.chatKey);
+    this.setChatOpen(false, { focus: false });
     $('chat-log').replaceChildren();
     $('safety-code').textContent = '—';
     $('safety-code').dataset.code = '';
+    $('safety-code-sr').textContent = 'No safety code yet: nobody else is in the call.';
     $('roster').replaceChildren();
     $('key-warnings').replaceChildren();
     $('key-warnings').hidden = true;
@@ -1043,6 +1122,61 @@ export class Consultation {
     $('chat-form').removeEventListener('submit', this.handlers.chat);
     $('invite-create').removeEventListener('click', this.handlers.invite);
     $('invite-copy').removeEventListener('click', this.handlers.copyInvite);
+    $('chat-toggle').removeEventListener('click', this.handlers.chatToggle);
+    $('chat-close').removeEventListener('click', this.handlers.chatClose);
+    $('chat-panel').removeEventListener('keydown', this.handlers.chatKey);
+    this.setChatOpen(false, { focus: false });
+  }
+
+  // ---------------------------------------------------------------- the chat on phones
+
+  /** Phone-sized screen: the chat is an overlay opened from the controls. */
+  isPhone() {
+    return window.matchMedia('(max-width: 760px)').matches;
+  }
+
+  chatOpen() {
+    return $('view-call').classList.contains('chat-open');
+  }
+
+  /** Whether a new message would be seen where it lands. */
+  chatVisible() {
+    return !this.isPhone() || this.chatOpen();
+  }
+
+  /** Open or close the phone's chat overlay; opening clears the count of new messages
+   * and puts the cursor in the message box, closing gives focus back to the Chat button. */
+  setChatOpen(open, { focus = true } = {}) {
+    $('view-call').classList.toggle('chat-open', open);
+    const toggle = $('chat-toggle');
+    toggle.setAttribute('aria-expanded', String(open));
+    if (open) {
+      this.unread = 0;
+      this.renderUnread();
+      const log = $('chat-log');
+      log.scrollTop = log.scrollHeight;
+      if (focus) $('chat-input').focus();
+    } else if (focus && this.isPhone()) {
+      toggle.focus();
+    }
+  }
+
+  renderUnread() {
+    const badge = $('chat-unread');
+    const toggle = $('chat-toggle');
+    badge.hidden = this.unread === 0;
+    badge.textContent = this.unread === 0 ? '' : String(this.unread);
+    toggle.classList.toggle('alert', this.unread > 0);
+    toggle.setAttribute('aria-label', this.unread === 0 ? 'Chat' : `Chat, ${this.unread} new ${this.unread === 1 ? 'message' : 'messages'}`);
+  }
+
+  /** A message from someone else arrived: counted and announced when the chat is not
+   * on screen (a phone with the chat closed). */
+  noteIncoming(who) {
+    if (this.chatVisible()) return;
+    this.unread += 1;
+    this.renderUnread();
+    $('call-announce').textContent = `New message from ${who}.`;
   }
 
   /** Mute/unmute our track of `kind`; returns true when now off. Muted tracks still
