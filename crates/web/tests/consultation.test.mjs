@@ -329,7 +329,7 @@ describe('browser consultation, end-to-end encrypted', { timeout: 240_000 }, () 
       const p = page[name];
       const entry = p.locator('#roster li').first();
       assert.equal(await entry.locator('.verified').count(), 0, `${name}: verified before comparing`);
-      await entry.getByRole('button', { name: /Mark .* as verified/ }).click();
+      await entry.getByRole('button', { name: /^Mark as verified: .+/ }).click();
       await entry.locator('.verified[data-verified="true"]').waitFor({ timeout: 10000 });
       assert.match(await entry.innerText(), /Verified/);
       assert.equal(await entry.getAttribute('data-status'), 'verified');

@@ -607,7 +607,8 @@ export class Consultation {
         li.append(el('span', { class: 'verified', text: '✓ Verified', 'data-verified': 'true' }));
       } else if (m.status === 'pinned') {
         const b = el('button', { type: 'button', class: 'verify', text: 'Mark as verified' });
-        b.setAttribute('aria-label', `Mark ${label} as verified: the code is the same on both screens`);
+        // The name starts with the words shown, so speech input ("click Mark as verified") finds it.
+        b.setAttribute('aria-label', `Mark as verified: ${label}, the code is the same on both screens`);
         b.addEventListener('click', () => this.markVerified(m));
         li.append(b);
       }
