@@ -3,7 +3,7 @@
 //!
 //! Layering (see docs/architecture.md):
 //! - sans-IO core, no tokio/axum/sqlx: [`proto`], [`room`], [`auth`], [`crypto`],
-//!   [`model`], [`policy`] (who may act on an appointment), [`media`] (the trait only), [`audit`] (types only), [`mls_frame`]
+//!   [`model`], [`password`] (the rules for a new password), [`policy`] (who may act on an appointment), [`media`] (the trait only), [`audit`] (types only), [`mls_frame`]
 //!   (the public MLS framing the delivery service orders commits by);
 //! - edge: [`store`] (sqlx), [`http`] (axum router, WebSocket handler), [`p2p`]
 //!   (the stand-in media plane used until the SFU is wired).
@@ -19,6 +19,7 @@ pub mod media;
 pub mod mls_frame;
 pub mod ops;
 pub mod p2p;
+pub mod password;
 pub mod policy;
 pub mod room;
 pub mod settings;

@@ -4,6 +4,8 @@
 //! `ConnectInfo<SocketAddr>` (source addresses are audited) and spawns
 //! [`run_media`] once to drive the media plane.
 
+mod account;
+pub mod activation;
 mod admin;
 mod appointments;
 mod break_glass;
@@ -90,6 +92,9 @@ pub struct Inner {
     /// without it, proofs cover entries once some checkpoint is signed (the server's
     /// periodic signer, `confide audit checkpoint`, or a test's own `AuditWriter`).
     signer: OnceLock<Arc<dyn CheckpointSigner>>,
+    /// Delivers activation links; [`activation::LogNotifier`] unless the operator's
+    /// server sets another.
+    notifier: OnceLock<Arc<dyn activation::Notifier>>,
 }
 
 /// Live consultations and connections.
@@ -145,7 +150,21 @@ impl AppState {
             ip_limiter: AddrLimiter::new(10, 30),
             unauth_ws: Arc::new(client_addr::UnauthConns::default()),
             signer: OnceLock::new(),
+            notifier: OnceLock::new(),
         }))
+    }
+
+    /// Connect the delivery of activation links (once; later calls are ignored and
+    /// return false). Without it, links are only noted in the log (never their token).
+    pub fn set_notifier(&self, n: Arc<dyn activation::Notifier>) -> bool {
+        self.notifier.set(n).is_ok()
+    }
+
+    pub(crate) fn notifier(&self) -> Arc<dyn activation::Notifier> {
+        self.notifier
+            .get()
+            .cloned()
+            .unwrap_or_else(activation::default_notifier)
     }
 
     /// Connect the audit log's checkpoint signer (once; later calls are ignored and
@@ -401,6 +420,15 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .route("/logout", post(login::logout))
         .route("/me", get(login::me))
         .route("/client-config", get(client_config))
+        .route("/password/policy", get(activation::password_policy))
+        .route("/activation/inspect", post(activation::inspect))
+        .route("/activation/complete", post(activation::complete))
+        .route("/account", get(account::account))
+        .route("/account/password", post(account::change_password))
+        .route(
+            "/account/recovery-codes",
+            post(account::renew_recovery_codes),
+        )
         .route("/totp/enroll", post(totp::totp_enroll))
         .route("/totp/confirm", post(totp::totp_confirm))
         .route(
@@ -423,6 +451,14 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .route(
             "/admin/accounts/{id}/disable",
             post(admin::admin_disable_account),
+        )
+        .route(
+            "/admin/accounts/{id}/enable",
+            post(admin::admin_enable_account),
+        )
+        .route(
+            "/admin/accounts/{id}/reset",
+            post(admin::admin_reset_account),
         )
         .route("/admin/audit", get(admin::admin_audit))
         .route("/admin/break-glass", post(break_glass::break_glass))
@@ -545,6 +581,10 @@ pub enum ApiError {
     },
     ConsentRequired,
     InviteInvalid,
+    /// The activation link is unknown, used, expired, or its account disabled.
+    ActivationInvalid,
+    /// The account waits for its owner to follow an activation link.
+    ActivationPending,
     TooManyRequests(i64),
     /// The action's audit entry could not be written, so the action was not carried
     /// out (fail closed).
@@ -600,6 +640,16 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 "invite_invalid",
                 "the invite link is invalid, used or expired",
+            ),
+            ApiError::ActivationInvalid => (
+                StatusCode::NOT_FOUND,
+                "activation_invalid",
+                "the activation link is invalid, used or expired; ask your administrator for a new one",
+            ),
+            ApiError::ActivationPending => (
+                StatusCode::FORBIDDEN,
+                "activation_pending",
+                "this account is not activated yet: open the activation link your administrator gave you",
             ),
             ApiError::TooManyRequests(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
