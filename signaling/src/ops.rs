@@ -10,7 +10,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{TotpSecret, hash_password};
 use crate::crypto::{Keyring, ctx};
 use crate::model::{AccountId, AppointmentId, Role, Timestamp};
-use crate::store::{NewAccount, NewAppointment, Store, StoreError};
+use crate::store::{AppointmentQuery, NewAccount, NewAppointment, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -352,5 +352,43 @@ pub async fn seed_demo(
         appointment_id,
         appointment_start: now.secs(),
         terms_version: terms_version.into(),
+    })
+}
+
+/// The per-patient access report: every account whose entries touched patient
+/// `patient`'s records (entries naming the patient with an appointment or
+/// consultation target, or targeting one of the patient's appointments or the
+/// patient's account itself: found at the front desk, created, the trail read) in
+/// `[from, to)`. Returns how many appointments the patient has on
+/// record, and the report. `confide audit report` and the administration page
+/// (`GET /api/admin/audit/report`) both make it here.
+pub async fn patient_access_report(
+    store: &dyn Store,
+    patient: AccountId,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(usize, Vec<confide_audit::AccessRecord>), StoreError> {
+    let appointments = store
+        .list_appointments(AppointmentQuery {
+            patient: Some(patient),
+            ..Default::default()
+        })
+        .await?;
+    let mut targets: std::collections::BTreeSet<String> =
+        appointments.iter().map(|a| a.id.to_string()).collect();
+    targets.insert(patient.to_string());
+    let rows = store
+        .access_report(&patient.to_string(), &targets, from, to)
+        .await?;
+    Ok((appointments.len(), rows))
+}
+
+/// One line of the access report as JSON (`confide audit report --json` prints these;
+/// the administration page receives a list of them).
+pub fn access_record_json(r: &confide_audit::AccessRecord) -> serde_json::Value {
+    serde_json::json!({
+        "actor": r.actor, "role": r.role, "first": r.first.to_string(),
+        "last": r.last.to_string(), "count": r.count, "refused": r.refused,
+        "actions": r.actions, "targets": r.targets, "seqs": r.seqs,
     })
 }

@@ -538,7 +538,7 @@ async fn suite(store: SqlStore, url: &str) {
     let by_doc = store
         .list_appointments(AppointmentQuery {
             doctor: Some(doc),
-            patient: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -549,8 +549,8 @@ async fn suite(store: SqlStore, url: &str) {
     );
     let by_pat = store
         .list_appointments(AppointmentQuery {
-            doctor: None,
             patient: Some(pat),
+            ..Default::default()
         })
         .await
         .unwrap();

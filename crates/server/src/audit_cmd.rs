@@ -7,7 +7,6 @@
 //! form whose name is the log's origin (`CONFIDE_AUDIT_ORIGIN` when the key is created,
 //! default `confide.local/audit`).
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -22,7 +21,8 @@ use confide_audit::{
 };
 use confide_signaling::http::CheckpointSigner;
 use confide_signaling::model::AccountId;
-use confide_signaling::store::{AppointmentQuery, Store};
+use confide_signaling::ops;
+use confide_signaling::store::Store;
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use tokio::sync::{mpsc, oneshot};
@@ -454,32 +454,16 @@ pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
                         .id
                 }
             };
-            let appointments = store
-                .list_appointments(AppointmentQuery {
-                    doctor: None,
-                    patient: Some(id),
-                })
-                .await?;
-            let targets: BTreeSet<String> = appointments.iter().map(|a| a.id.to_string()).collect();
-            let audit = AuditStore::connect(&cfg.database_url()).await?;
-            let rows = audit
-                .access_report(&id.to_string(), &targets, from, to)
-                .await?;
+            let ms = |t: Timestamp| confide_signaling::model::Timestamp(t.unix_millis());
+            let (on_record, rows) =
+                ops::patient_access_report(store.as_ref(), id, ms(from), ms(to)).await?;
             if json {
                 for r in &rows {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "actor": r.actor, "role": r.role, "first": r.first.to_string(),
-                            "last": r.last.to_string(), "count": r.count, "refused": r.refused,
-                            "actions": r.actions, "targets": r.targets, "seqs": r.seqs,
-                        })
-                    );
+                    println!("{}", ops::access_record_json(r));
                 }
             } else {
                 println!(
-                    "Accesses to {id}'s appointments ({} on record) from {from} to {to}:",
-                    targets.len()
+                    "Accesses to {id}'s appointments ({on_record} on record) from {from} to {to}:"
                 );
                 println!(
                     "{:<16} {:<8} {:>6} {:>7}  {:<24} {:<24} actions",

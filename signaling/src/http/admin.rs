@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, AppState, Authed};
 use crate::audit::{AuditAction, AuditFilter, AuditRecord, AuditSeq, Outcome};
-use crate::model::{AccountId, Role};
+use crate::model::{AccountId, Role, Timestamp};
 
 pub(super) async fn require_admin(state: &AppState, s: &Authed) -> ApiResult<AccountId> {
     match (s.session.role, s.account_id()) {
@@ -134,6 +134,12 @@ pub struct AuditQuery {
     action: Option<String>,
     actor: Option<String>,
     target: Option<String>,
+    /// `account:N` (or `N`): entries about that patient's records.
+    patient: Option<String>,
+    /// Unix milliseconds: entries at or after.
+    from: Option<i64>,
+    /// Unix milliseconds: entries before.
+    to: Option<i64>,
     after: Option<i64>,
     limit: Option<i64>,
 }
@@ -144,23 +150,49 @@ pub async fn admin_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditRecord>>> {
     require_admin(&state, &s).await?;
-    let action = match q.action.as_deref() {
+    let action = match q.action.as_deref().filter(|a| !a.is_empty()) {
         None => None,
         Some(a) => Some(AuditAction::parse(a).ok_or(ApiError::BadRequest("unknown action"))?),
     };
+    let patient = match q
+        .patient
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        None => None,
+        Some(p) => {
+            let n: i64 = p
+                .strip_prefix("account:")
+                .unwrap_or(p)
+                .parse()
+                .map_err(|_| ApiError::BadRequest("patient: account:N"))?;
+            Some(AccountId(n).to_string())
+        }
+    };
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     let records = state
         .store
         .audit_events(AuditFilter {
-            actor: q.actor,
+            actor: nonempty(q.actor),
             action,
-            target: q.target,
+            target: nonempty(q.target),
+            patient: patient.clone(),
+            since: q.from.map(Timestamp),
+            until: q.to.map(Timestamp),
             outcome: None,
             after: q.after.map(AuditSeq),
             limit: Some(q.limit.unwrap_or(1000).clamp(1, 10_000)),
         })
         .await?;
-    state
-        .audit(s.event(AuditAction::AuditRead, Outcome::Success))
-        .await?;
+    // Reading a patient's trail is reading about that patient: it shows in their
+    // access report.
+    let mut event = s
+        .event(AuditAction::AuditRead, Outcome::Success)
+        .detail(format!("{} entries", records.len()));
+    if let Some(p) = patient {
+        event = event.target(&p).patient(p);
+    }
+    state.audit(event).await?;
     Ok(Json(records))
 }
