@@ -740,15 +740,16 @@ impl AuditStore {
         from: u64,
         to: u64,
     ) -> Result<PackageReport, Error> {
-        self.export_with(out, key, from, to, async |_: &mut W| Ok(()))
+        self.export_with(out, key, from, to, |_: &mut W| std::future::ready(Ok(())))
             .await
     }
 
     /// [`AuditStore::export`] that hands the output to `flush` after the header and
     /// after every batch of entries, so that a caller writing into a buffer can send
     /// the package on while it is being made (an HTTP download) instead of holding all
-    /// of it.
-    pub async fn export_with<W, F>(
+    /// of it: `flush` takes what it wants out of the buffer at once and returns a
+    /// future that delivers it, which the export awaits before it goes on.
+    pub async fn export_with<W, F, Fut>(
         &self,
         out: &mut W,
         key: &LogPublicKey,
@@ -758,7 +759,8 @@ impl AuditStore {
     ) -> Result<PackageReport, Error>
     where
         W: Write,
-        F: AsyncFnMut(&mut W) -> Result<(), Error>,
+        F: FnMut(&mut W) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
     {
         let cps = self.checkpoints(key).await?;
         let start = cps.iter().rev().find(|c| c.checkpoint.size <= from);

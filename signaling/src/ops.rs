@@ -122,7 +122,14 @@ pub struct DemoAccount {
     pub totp_secret: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otpauth_url: Option<String>,
+    /// The demo patient's date of birth (`YYYY-MM-DD`), for trying the front desk's
+    /// search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_of_birth: Option<String>,
 }
+
+/// The demo patient's date of birth.
+pub const DEMO_PATIENT_DOB: &str = "1980-04-12";
 
 /// Everything a person or a test needs to use the demo clinic. Demo only: it
 /// contains passwords and TOTP secrets.
@@ -316,6 +323,24 @@ pub async fn seed_demo(
         } else {
             None
         };
+        let date_of_birth = if role == Role::Patient {
+            if store.date_of_birth(id).await?.is_none() {
+                let dob = crate::blind_index::DateOfBirth::parse(DEMO_PATIENT_DOB)
+                    .ok_or(OpsError::Invalid("demo date of birth"))?;
+                let (key, macs) = crate::store::keys::patient_index_macs(keyring, name, Some(dob));
+                let mut tx = store.begin().await?;
+                tx.set_date_of_birth(
+                    id,
+                    keyring.seal(ctx::DATE_OF_BIRTH, dob.to_string().as_bytes(), &mut OsRng),
+                )
+                .await?;
+                tx.replace_patient_index(id, key, macs).await?;
+                tx.commit().await?;
+            }
+            Some(DEMO_PATIENT_DOB.to_owned())
+        } else {
+            None
+        };
         if role == Role::Patient && store.active_consent(&id.to_string()).await?.is_none() {
             store
                 .record_consent(&id.to_string(), terms_version, now)
@@ -331,6 +356,7 @@ pub async fn seed_demo(
                 .as_ref()
                 .map(|s| s.otpauth_url("Confide demo", username)),
             totp_secret: secret.as_ref().map(|s| s.base32()),
+            date_of_birth,
         });
     }
     let doctor = accounts[0].id;
