@@ -65,6 +65,18 @@ actions! {
     ChatHistoryRefused => "chat_history_refused",
     AccountCreated => "account_created",
     AccountDisabled => "account_disabled",
+    AccountEnabled => "account_enabled",
+    // An admin reset a password or a second factor (high priority; detail says which).
+    AccountReset => "account_reset",
+    // A single-use activation link was issued (detail: its purpose) or refused.
+    ActivationIssued => "activation_issued",
+    ActivationRefused => "activation_refused",
+    // The owner followed the link (detail: its purpose).
+    AccountActivated => "account_activated",
+    PasswordChanged => "password_changed",
+    // A wrong current password where a step asks for it again.
+    ReauthFailed => "reauth_failed",
+    RecoveryCodesRenewed => "recovery_codes_renewed",
     AdminRefused => "admin_refused",
     AuditRead => "audit_read",
     BreakGlassGranted => "break_glass_granted",

@@ -117,6 +117,21 @@ impl TotpSecret {
         )
     }
 
+    /// The [`TotpSecret::otpauth_url`] as a QR code for an authenticator's camera: an
+    /// SVG document (black on white, with the quiet zone), or `None` if the URL does
+    /// not fit in a QR code (an issuer or account name of hundreds of characters).
+    pub fn qr_svg(&self, issuer: &str, account: &str) -> Option<String> {
+        let url = self.otpauth_url(issuer, account);
+        let code =
+            qrcode::QrCode::with_error_correction_level(url.as_bytes(), qrcode::EcLevel::M).ok()?;
+        Some(
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(240, 240)
+                .quiet_zone(true)
+                .build(),
+        )
+    }
+
     /// Check `code` at `now`. Accepts the current step and at most one step back
     /// (clock drift, a code typed just before it rolled over), and only steps after
     /// `last_used_step`, so a code that was already accepted is refused. Returns the
@@ -236,6 +251,47 @@ fn normalise_recovery_code(code: &str) -> String {
         .chars()
         .filter(|c| *c != '-' && *c != ' ')
         .collect()
+}
+
+// ------------------------------------------------------------ activation links
+
+/// What a single-use activation link is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationPurpose {
+    /// A new account: its owner sets the first password (and enrols a second factor
+    /// when the role needs one).
+    Activate,
+    /// An admin reset the password: the owner sets a new one (proving the second
+    /// factor, when there is one).
+    ResetPassword,
+    /// An admin reset the second factor: the owner proves the password, then enrols a
+    /// new one.
+    ResetSecondFactor,
+}
+
+impl ActivationPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationPurpose::Activate => "activate",
+            ActivationPurpose::ResetPassword => "reset_password",
+            ActivationPurpose::ResetSecondFactor => "reset_second_factor",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "activate" => ActivationPurpose::Activate,
+            "reset_password" => ActivationPurpose::ResetPassword,
+            "reset_second_factor" => ActivationPurpose::ResetSecondFactor,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ActivationPurpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 // -------------------------------------------------------------------- sessions

@@ -3,7 +3,7 @@
 //!
 //! Layering (see docs/architecture.md):
 //! - sans-IO core, no tokio/axum/sqlx: [`proto`], [`room`], [`auth`], [`crypto`],
-//!   [`model`], [`policy`] (who may act on an appointment), [`media`] (the trait only), [`audit`] (types only), [`mls_frame`]
+//!   [`model`], [`password`] (the rules for a new password), [`policy`] (who may act on an appointment), [`media`] (the trait only), [`audit`] (types only), [`mls_frame`]
 //!   (the public MLS framing the delivery service orders commits by), [`blind_index`]
 //!   (the search terms of a patient's name and date of birth);
 //! - edge: [`store`] (sqlx), [`http`] (axum router, WebSocket handler), [`p2p`]
@@ -21,6 +21,7 @@ pub mod media;
 pub mod mls_frame;
 pub mod ops;
 pub mod p2p;
+pub mod password;
 pub mod policy;
 pub mod room;
 pub mod settings;

@@ -27,12 +27,16 @@ pub enum OpsError {
 pub struct AccountSpec {
     pub username: String,
     pub role: Role,
-    pub password: String,
+    /// `None`: no password; the owner sets one through an activation link.
+    pub password: Option<String>,
     pub display_name: String,
     pub contact: Option<String>,
 }
 
-/// Checks `spec`, hashes the password and seals the personal data: the row to insert.
+/// Checks `spec`, hashes the password (if any) and seals the personal data: the row to
+/// insert. A password given here only has to have 8 to 1024 characters (seeding, load
+/// tests); the REST API and the command line hold new passwords to
+/// [`crate::password`]'s rules first.
 pub async fn prepare_account(keyring: &Keyring, spec: AccountSpec) -> Result<NewAccount, OpsError> {
     let u = spec.username.trim();
     if u.is_empty()
@@ -43,18 +47,25 @@ pub async fn prepare_account(keyring: &Keyring, spec: AccountSpec) -> Result<New
     {
         return Err(OpsError::Invalid("username: 1-64 of a-z, 0-9, . _ - @"));
     }
-    // NIST SP 800-63B: at least 8 characters, long passphrases allowed.
-    if spec.password.chars().count() < 8 || spec.password.len() > 1024 {
+    if let Some(p) = &spec.password
+        && (p.chars().count() < 8 || p.len() > 1024)
+    {
         return Err(OpsError::Invalid("password: 8 to 1024 characters"));
     }
     if spec.display_name.trim().is_empty() || spec.display_name.len() > 200 {
         return Err(OpsError::Invalid("display_name: 1-200 characters"));
     }
-    let password = spec.password;
-    let phc = tokio::task::spawn_blocking(move || hash_password(&password, &mut OsRng))
-        .await
-        .map_err(|_| OpsError::Hash)?
-        .map_err(|_| OpsError::Hash)?;
+    if spec.contact.as_ref().is_some_and(|c| c.len() > 200) {
+        return Err(OpsError::Invalid("contact: at most 200 characters"));
+    }
+    let phc = match spec.password {
+        // An empty hash matches no password: the account cannot log in until activated.
+        None => String::new(),
+        Some(password) => tokio::task::spawn_blocking(move || hash_password(&password, &mut OsRng))
+            .await
+            .map_err(|_| OpsError::Hash)?
+            .map_err(|_| OpsError::Hash)?,
+    };
     Ok(NewAccount {
         username: u.to_string(),
         role: spec.role,
@@ -194,7 +205,7 @@ pub async fn create_bench_account(
             display_name: format!("Load test {}", role.as_str()),
             username: username.clone(),
             role,
-            password: password.clone(),
+            password: Some(password.clone()),
             contact: None,
         },
     )
@@ -294,7 +305,7 @@ pub async fn seed_demo(
                     AccountSpec {
                         username: username.into(),
                         role,
-                        password: password.into(),
+                        password: Some(password.into()),
                         display_name: name.into(),
                         contact: Some(contact.into()),
                     },

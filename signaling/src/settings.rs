@@ -11,6 +11,8 @@ pub struct Settings {
     /// A consultation is joinable from `start - grace` to `start + duration + grace`.
     pub join_grace_s: i64,
     pub invite_ttl_s: i64,
+    /// How long an activation link (new account, reset) stays usable.
+    pub activation_ttl_s: i64,
     pub break_glass_ttl_s: i64,
     pub terms_version: String,
     pub terms_text: String,
@@ -37,6 +39,7 @@ impl Default for Settings {
             session_lifetime_s: 12 * 3600,
             join_grace_s: 15 * 60,
             invite_ttl_s: 24 * 3600,
+            activation_ttl_s: 72 * 3600,
             break_glass_ttl_s: 3600,
             terms_version: "2026-01".into(),
             terms_text: DEFAULT_TERMS.into(),

@@ -362,6 +362,160 @@ async fn key_directory(
     assert!(store.log_inclusion_proof(leaf, cp.size + 1).await.is_err());
 }
 
+/// Activation links, password and second-factor resets, and the session revocations
+/// that go with them. `doc` has an enabled second factor and one unused recovery code.
+async fn account_lifecycle(store: &SqlStore, doc: AccountId, pat: AccountId) {
+    use confide_signaling::auth::ActivationPurpose;
+    let link = |account, hash: u8, purpose| NewActivation {
+        account,
+        token_hash: vec![hash; 32],
+        purpose,
+        created_by: Some(doc),
+        created_at: T,
+        expires_at: T.plus_secs(3600),
+    };
+    // A link marks the account as waiting; a second link replaces the first.
+    let mut tx = store.begin().await.unwrap();
+    let first = tx
+        .create_activation(link(pat, 0xa1, ActivationPurpose::Activate))
+        .await
+        .unwrap();
+    tx.set_activation_pending(pat, true).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        store
+            .account(pat)
+            .await
+            .unwrap()
+            .unwrap()
+            .activation_pending
+    );
+    let a = store
+        .activation_by_hash(&[0xa1; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.id, a.account, a.purpose, a.created_by),
+        (first, pat, ActivationPurpose::Activate, Some(doc))
+    );
+    assert!(a.usable(T) && !a.usable(T.plus_secs(3600)));
+    let mut tx = store.begin().await.unwrap();
+    let second = tx
+        .create_activation(link(pat, 0xa2, ActivationPurpose::ResetPassword))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        store
+            .activation_by_hash(&[0xa1; 32])
+            .await
+            .unwrap()
+            .is_none(),
+        "the earlier unused link is gone"
+    );
+    assert_eq!(
+        store.latest_activation(pat).await.unwrap().unwrap().id,
+        second
+    );
+    // Single use, and never after expiry.
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        !tx.use_activation(second, T.plus_secs(3600)).await.unwrap(),
+        "expired"
+    );
+    assert!(tx.use_activation(second, T).await.unwrap());
+    assert!(!tx.use_activation(second, T).await.unwrap(), "used");
+    tx.set_password_hash(pat, "").await.unwrap();
+    tx.set_activation_pending(pat, false).await.unwrap();
+    tx.commit().await.unwrap();
+    let p = store.account(pat).await.unwrap().unwrap();
+    assert!(!p.activation_pending && !p.has_password());
+    assert_eq!(
+        store
+            .activation_by_hash(&[0xa2; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .used_at,
+        Some(T)
+    );
+    // A rolled-back use leaves the link usable.
+    let mut tx = store.begin().await.unwrap();
+    let third = tx
+        .create_activation(link(pat, 0xa3, ActivationPurpose::Activate))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.use_activation(third, T).await.unwrap());
+    drop(tx);
+    let a = store
+        .activation_by_hash(&[0xa3; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.usable(T));
+
+    // Sessions: all of an account's, or all but the caller's.
+    let session = |hash: u8, who| Session {
+        token_hash: vec![hash; 32],
+        principal: Principal::Account(who),
+        role: Role::Doctor,
+        kind: SessionKind::Full,
+        scope: None,
+        created_at: T,
+        last_seen: T,
+        expires_at: T.plus_secs(3600),
+        revoked: false,
+    };
+    for (h, who) in [(0xb1, doc), (0xb2, doc), (0xb3, doc), (0xb4, pat)] {
+        store.create_session(&session(h, who)).await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.revoke_account_sessions(doc, Some(&[0xb1; 32]))
+            .await
+            .unwrap(),
+        2
+    );
+    tx.commit().await.unwrap();
+    let revoked = |h: u8| async move { store.session(&[h; 32]).await.unwrap().map(|s| s.revoked) };
+    assert_eq!(revoked(0xb1).await, Some(false), "the caller's own");
+    assert_eq!(revoked(0xb2).await, Some(true));
+    assert_eq!(revoked(0xb4).await, Some(false), "another account's");
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.revoke_account_sessions(doc, None).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(revoked(0xb1).await, Some(true));
+
+    // Changing a second factor keeps the enabled one until the new one is confirmed;
+    // clearing it removes both and every recovery code.
+    let before = store.account(doc).await.unwrap().unwrap();
+    store.set_totp_pending(doc, vec![8; 40]).await.unwrap();
+    let a = store.account(doc).await.unwrap().unwrap();
+    assert!(a.totp_enabled);
+    assert_eq!(a.totp_secret, before.totp_secret);
+    assert_eq!(a.totp_pending, Some(vec![8; 40]));
+    let mut tx = store.begin().await.unwrap();
+    tx.clear_second_factor(doc).await.unwrap();
+    assert!(tx.set_account_disabled(doc, true).await.unwrap());
+    tx.commit().await.unwrap();
+    let a = store.account(doc).await.unwrap().unwrap();
+    assert!(!a.totp_enabled && a.totp_secret.is_none() && a.totp_pending.is_none());
+    assert!(a.totp_last_step.is_none() && a.disabled);
+    assert_eq!(store.recovery_codes_remaining(doc).await.unwrap(), 0);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.set_account_disabled(doc, false).await.unwrap());
+    assert!(
+        !tx.set_account_disabled(AccountId(999_999), false)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert!(!store.account(doc).await.unwrap().unwrap().disabled);
+}
+
 async fn suite(store: SqlStore, url: &str) {
     store.ping().await.unwrap();
 
@@ -417,11 +571,28 @@ async fn suite(store: SqlStore, url: &str) {
     store.set_totp_pending(doc, vec![9; 40]).await.unwrap();
     let a = store.account(doc).await.unwrap().unwrap();
     assert_eq!(
-        (a.totp_secret.clone(), a.totp_enabled),
-        (Some(vec![9; 40]), false)
+        (
+            a.totp_pending.clone(),
+            a.totp_secret.clone(),
+            a.totp_enabled
+        ),
+        (Some(vec![9; 40]), None, false)
     );
     store.enable_totp(doc, 100).await.unwrap();
-    assert!(store.account(doc).await.unwrap().unwrap().totp_enabled);
+    let a = store.account(doc).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a.totp_secret.clone(),
+            a.totp_pending.clone(),
+            a.totp_enabled
+        ),
+        (Some(vec![9; 40]), None, true),
+        "the pending secret became the enabled one"
+    );
+    assert!(
+        store.enable_totp(doc, 100).await.is_err(),
+        "nothing pending to enable"
+    );
     assert!(
         !store.use_totp_step(doc, 100).await.unwrap(),
         "same step again"
@@ -438,12 +609,15 @@ async fn suite(store: SqlStore, url: &str) {
         .replace_recovery_codes(doc, vec![vec![1; 32], vec![2; 32]])
         .await
         .unwrap();
+    assert_eq!(store.recovery_codes_remaining(doc).await.unwrap(), 2);
     assert!(store.use_recovery_code(doc, &[1; 32], T).await.unwrap());
     assert!(!store.use_recovery_code(doc, &[1; 32], T).await.unwrap());
     assert!(
         !store.use_recovery_code(pat, &[2; 32], T).await.unwrap(),
         "other account's code"
     );
+    assert_eq!(store.recovery_codes_remaining(doc).await.unwrap(), 1);
+    assert_eq!(store.recovery_codes_remaining(pat).await.unwrap(), 0);
 
     // sessions
     let s = Session {
@@ -503,6 +677,8 @@ async fn suite(store: SqlStore, url: &str) {
     assert!(store.set_account_disabled(pat, true).await.unwrap());
     assert!(store.account(pat).await.unwrap().unwrap().disabled);
     store.set_account_disabled(pat, false).await.unwrap();
+
+    account_lifecycle(&store, doc, pat).await;
 
     // appointments
     let appt = store

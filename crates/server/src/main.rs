@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use confide_server::confide_signaling::audit::{AuditAction, AuditFilter};
+use confide_server::confide_signaling::auth::ActivationPurpose;
 use confide_server::confide_signaling::crypto::MasterKey;
-use confide_server::confide_signaling::http::now;
+use confide_server::confide_signaling::http::{activation, now};
 use confide_server::confide_signaling::model::Role;
 use confide_server::confide_signaling::ops::{self, DemoInfo};
+use confide_server::confide_signaling::password;
 use confide_server::confide_signaling::store::keys::{rotate_data_key, rotate_master_key};
 use confide_server::confide_signaling::store::{AuditLog, Store};
 use confide_server::{Config, open_store, start};
@@ -146,6 +148,9 @@ enum Cmd {
         /// Consultations open this many seconds before the start and close this many after the end.
         #[arg(long, env = "CONFIDE_JOIN_GRACE_S", default_value_t = 900)]
         join_grace_s: i64,
+        /// Activation links (new accounts, admin resets) work for this many hours.
+        #[arg(long, env = "CONFIDE_ACTIVATION_TTL_H", default_value_t = 72)]
+        activation_ttl_h: i64,
         #[command(flatten)]
         media: MediaArgs,
         /// Admin listener (plain HTTP, `/metrics` for Prometheus); `off` disables it.
@@ -191,7 +196,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AdminCmd {
-    /// Create an account; the password is read from CONFIDE_NEW_PASSWORD.
+    /// Create an account. With CONFIDE_NEW_PASSWORD set, that is its password (held to
+    /// the password rules); without it, the account waits for activation and a
+    /// single-use activation link is printed for its owner.
     CreateAccount {
         #[arg(long)]
         username: String,
@@ -201,6 +208,12 @@ enum AdminCmd {
         display_name: String,
         #[arg(long)]
         contact: Option<String>,
+        /// Origin the activation link is printed on (default: https://<bind address>).
+        #[arg(long, env = "CONFIDE_PUBLIC_ORIGIN")]
+        origin: Option<String>,
+        /// The activation link works for this many hours.
+        #[arg(long, env = "CONFIDE_ACTIVATION_TTL_H", default_value_t = 72)]
+        activation_ttl_h: i64,
     },
     /// Disable an account and revoke its sessions.
     DisableAccount {
@@ -264,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
             static_dir,
             idle_timeout_s,
             join_grace_s,
+            activation_ttl_h,
             media,
             admin_bind,
             test_hooks,
@@ -281,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.static_dir = static_dir;
             cfg.settings.idle_timeout_s = idle_timeout_s.max(60);
             cfg.settings.join_grace_s = join_grace_s.max(0);
+            cfg.settings.activation_ttl_s = activation_ttl_h.clamp(1, 24 * 30) * 3600;
             cfg.settings.client_test_hooks = test_hooks;
             cfg.settings.trusted_proxies =
                 confide_server::confide_signaling::http::client_addr::parse_trusted(
@@ -393,24 +408,70 @@ async fn admin(cfg: Config, cmd: AdminCmd) -> anyhow::Result<()> {
             role,
             display_name,
             contact,
+            origin,
+            activation_ttl_h,
         } => {
-            let password =
-                std::env::var("CONFIDE_NEW_PASSWORD").context("set CONFIDE_NEW_PASSWORD")?;
-            // The account and its entry commit together, or neither does.
-            let id = ops::create_account_audited(
-                store.as_ref(),
-                &keyring,
-                ops::AccountSpec {
-                    username,
-                    role,
-                    password,
-                    display_name,
-                    contact,
-                },
-                |id| cli_event(AuditAction::AccountCreated, id.to_string()),
-            )
-            .await?;
-            println!("created {id}; the user enrols TOTP at first login");
+            let ttl_s = activation_ttl_h.clamp(1, 24 * 30) * 3600;
+            let password = std::env::var("CONFIDE_NEW_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty());
+            if let Some(p) = &password {
+                let names = ["Confide", cfg.settings.issuer.as_str()];
+                password::check(
+                    p,
+                    password::PasswordContext {
+                        username: &username,
+                        service_names: &names,
+                        second_factor: role.requires_mfa(),
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("CONFIDE_NEW_PASSWORD: {}", e.message()))?;
+            }
+            let activate = password.is_none();
+            let spec = ops::AccountSpec {
+                username,
+                role,
+                password,
+                display_name,
+                contact,
+            };
+            // The account, its link and their entries commit together, or none of it.
+            let new = ops::prepare_account(&keyring, spec).await?;
+            let mut tx = store.begin().await?;
+            let id = tx.create_account(new).await?;
+            let mut events = vec![cli_event(AuditAction::AccountCreated, id.to_string())];
+            let link = if activate {
+                let link = activation::new_link(
+                    tx.as_mut(),
+                    id,
+                    ActivationPurpose::Activate,
+                    None,
+                    ttl_s,
+                    t,
+                )
+                .await?;
+                events.push(
+                    cli_event(AuditAction::ActivationIssued, id.to_string())
+                        .detail(ActivationPurpose::Activate.as_str()),
+                );
+                Some(link)
+            } else {
+                None
+            };
+            tx.record_audit(&events).await?;
+            tx.commit().await?;
+            match link {
+                None => println!("created {id}; the user enrols TOTP at first login"),
+                Some(link) => {
+                    let origin = origin.unwrap_or_else(|| format!("https://{}", cfg.bind));
+                    println!("created {id}; it waits for activation.");
+                    println!(
+                        "Give its owner this single-use link; it works for {} hours:",
+                        ttl_s / 3600
+                    );
+                    println!("  {}{}", origin.trim_end_matches('/'), link.path());
+                }
+            }
         }
         AdminCmd::DisableAccount { username } => {
             let a = store

@@ -464,6 +464,7 @@ async fn patients_are_found_by_name_or_birth_date_without_opening_the_table() {
     let staff_id = ts.principal(Role::Staff);
 
     let mut made = Vec::new();
+    let mut links = Vec::new();
     for (name, dob) in [
         ("Zoë Müller-Lüdenscheidt", "1975-03-09"),
         ("Zoe Miller", "1975-03-09"),
@@ -480,11 +481,32 @@ async fn patients_are_found_by_name_or_birth_date_without_opening_the_table() {
         assert_eq!(r.status, 201, "{:?}", r.body);
         assert!(r.body["username"].as_str().unwrap().starts_with("patient-"));
         made.push(r.body["id"].as_i64().unwrap());
+        links.push(r.body["activation_token"].as_str().unwrap().to_owned());
+        assert!(r.body["expires_at"].as_i64().unwrap() > now().0);
         let created = ts
             .expect_audit(AuditAction::PatientCreated, &staff_id, None)
             .await;
         assert_eq!(created.event.outcome.as_str(), "success");
     }
+    // The new patient activates with the link: sets a password and is in.
+    let r = ts
+        .req(
+            "POST",
+            "/api/activation/complete",
+            None,
+            Some(json!({"token": links[0], "new_password": "a quiet harbour at dawn 47"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let me = ts
+        .req("GET", "/api/me", r.body["token"].as_str(), None)
+        .await;
+    assert_eq!(me.body["label"], "Zoë Müller-Lüdenscheidt", "{:?}", me.body);
+    assert_eq!(me.body["role"], "patient");
+    let issued = ts.audit(AuditAction::ActivationIssued).await;
+    assert!(issued.iter().any(|e| e.event.actor == staff_id
+        && e.event.target.as_deref() == Some(&*format!("account:{}", made[0]))));
+
     let search = |q: &str| format!("/api/patients?{q}");
     let found = |body: &Value| -> Vec<i64> {
         body.as_array()

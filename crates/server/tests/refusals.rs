@@ -555,13 +555,26 @@ async fn clinicians_must_enrol_totp_and_recovery_codes_work_once() {
             "POST",
             "/api/admin/accounts",
             Some(&admin),
-            Some(json!({"username": "newdoc", "role": "doctor", "password": "a long passphrase", "display_name": "Dr. New"})),
+            Some(json!({"username": "newdoc", "role": "doctor", "display_name": "Dr. New"})),
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let admin_id = ts.demo.account(Role::Admin).unwrap().id.to_string();
     ts.expect_audit(AuditAction::AccountCreated, &admin_id, None)
         .await;
+    // The doctor sets a password through the link, then leaves before enrolling: the
+    // next login with that password still leads to enrolment, never further.
+    let link = r.body["activation_token"].as_str().unwrap().to_string();
+    let done = ts
+        .req(
+            "POST",
+            "/api/activation/complete",
+            None,
+            Some(json!({"token": link, "new_password": "a long passphrase"})),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    assert_eq!(done.body["mfa_enrollment_required"], true);
 
     let r = ts
         .req(

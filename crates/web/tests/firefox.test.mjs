@@ -17,7 +17,7 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import puppeteer from 'puppeteer-core';
 import {
-  CHROMIUM_ARGS, INIT_SCRIPT, artifactsDir, freshTotp, inboundStats, waitFor,
+  CHROMIUM_ARGS, INIT_SCRIPT, artifactsDir, inboundStats, unusedTotp, waitFor,
 } from './lib.mjs';
 
 const BASE = process.env.CONFIDE_BASE_URL;
@@ -114,19 +114,8 @@ async function click(p, sel, what) {
   }, sel), { timeout: 20000, what: `${what}: ${sel} clickable` });
 }
 
-// The server refuses a TOTP code whose step was already used (replay), and the same
-// doctor logs in twice here within a minute: wait for a step not used yet.
-const usedStep = new Map();
-async function unusedTotp(secret) {
-  const step = () => Math.floor(Date.now() / 30000);
-  const last = usedStep.get(secret);
-  if (last !== undefined && step() <= last) {
-    await new Promise((r) => setTimeout(r, (last + 1) * 30000 - Date.now() + 1000));
-  }
-  const code = await freshTotp(secret);
-  usedStep.set(secret, step());
-  return code;
-}
+// The same doctor logs in twice here within a minute: `unusedTotp` waits for a step
+// not used yet (the server refuses a replayed code).
 
 async function login(p, account) {
   await p.goto(`${BASE}/?test=1#/login`);

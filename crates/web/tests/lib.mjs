@@ -1,9 +1,10 @@
-// Helpers for the browser end-to-end test: TOTP, the demo data, the forwarding tap,
-// SFrame header parsing, and launching Chromium.
+// Helpers for the browser end-to-end tests: TOTP, the demo data, the forwarding tap,
+// SFrame header parsing, launching Chromium, the accessibility scan and screenshots.
 
 import { createHmac } from 'node:crypto';
-import { readFileSync, existsSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { readFileSync, writeFileSync, existsSync, mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 
 // ------------------------------------------------------------------ TOTP (RFC 6238)
@@ -45,7 +46,60 @@ export async function freshTotp(secretBase32) {
   return totp(secretBase32);
 }
 
+const usedSteps = new Map();
+
+/**
+ * A code from a 30-second step this process has not used for `secret` yet: the server
+ * refuses a step already used (replay), so a test that logs the same person in twice
+ * within a step waits for the next one.
+ */
+export async function unusedTotp(secret) {
+  const step = () => Math.floor(Date.now() / 30000);
+  const last = usedSteps.get(secret);
+  if (last !== undefined && step() <= last) {
+    await new Promise((r) => setTimeout(r, (last + 1) * 30000 - Date.now() + 500));
+  }
+  const code = await freshTotp(secret);
+  usedSteps.set(secret, step());
+  return code;
+}
+
 // ------------------------------------------------------------------ demo data
+
+/** Every account of the demo data file, by its key (`doctor`, `patient`, `staff`, `admin`). */
+export function demoAccounts(file) {
+  const raw = JSON.parse(readFileSync(file, 'utf8'));
+  const list = Array.isArray(raw.accounts) ? raw.accounts
+    : Object.entries(raw.accounts || {}).map(([k, v]) => ({ key: k, ...v }));
+  const out = {};
+  for (const a of list) {
+    out[a.key || a.username] = {
+      username: a.username,
+      password: a.password,
+      totp_secret: a.totp_secret || a.totp || null,
+      role: a.role,
+    };
+  }
+  return out;
+}
+
+/**
+ * Log in through the page's form (password, then the authentication code when the
+ * account has a second factor); resolves once the login view is gone.
+ */
+export async function loginAs(page, base, account) {
+  await page.goto(`${base}/#/login`);
+  await page.getByLabel('Username').fill(account.username);
+  await page.getByLabel('Password', { exact: true }).fill(account.password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  if (account.totp_secret) {
+    const code = page.getByLabel('Authentication code');
+    await code.waitFor({ state: 'visible', timeout: 15000 });
+    await code.fill(await unusedTotp(account.totp_secret));
+    await page.getByRole('button', { name: 'Log in' }).click();
+  }
+  await page.waitForFunction(() => !['login', 'loading'].includes(document.body.dataset.view), null, { timeout: 15000 });
+}
 
 /**
  * The demo clinic the server seeded (`confide demo --json` output, saved by
@@ -319,4 +373,62 @@ export async function waitFor(fn, { timeout = 30000, interval = 250, what = 'con
     await new Promise((r) => setTimeout(r, interval));
   }
   throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+// ------------------------------------------------------------------ accessibility, screenshots
+
+const require = createRequire(import.meta.url);
+let axeSource = null;
+
+/**
+ * Run axe-core (WCAG 2.x A and AA rules) on the page as it is now and fail on any
+ * serious or critical violation, naming each with the offending elements. Lesser
+ * findings are returned (and written next to the screenshots) for review, not failed on.
+ */
+export async function a11yScan(page, label) {
+  if (!axeSource) axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) {
+    // Evaluated through the driver, not as a <script>: the page's CSP (rightly) refuses
+    // inline scripts, and the scan must not need a weaker CSP.
+    await page.evaluate(`${axeSource}\n;void 0`);
+  }
+  const result = await page.evaluate(async () => {
+    const r = await window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+      resultTypes: ['violations'],
+    });
+    return r.violations.map((v) => ({
+      id: v.id, impact: v.impact, help: v.help,
+      nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ')),
+    }));
+  });
+  const dir = artifactsDir();
+  writeFileSync(path.join(dir, `a11y-${label}.json`), JSON.stringify(result, null, 2));
+  const bad = result.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  if (bad.length) {
+    const what = bad.map((v) => `${v.impact} ${v.id} (${v.help}): ${v.nodes.join(', ')}`).join('\n  ');
+    throw new Error(`accessibility scan of ${label}: ${bad.length} serious or critical violation(s):\n  ${what}`);
+  }
+  return result;
+}
+
+export const DESKTOP = { width: 1280, height: 800 };
+export const PHONE = { width: 390, height: 844 };
+
+/**
+ * Screenshots of the page at desktop (1280x800) and phone (390x844) size, full page,
+ * as `<name>-desktop.png` and `<name>-phone.png` under target/browser/, and the
+ * accessibility scan at each size (a phone layout can hide or overlap what the desktop
+ * one shows). The viewport is put back afterwards.
+ */
+export async function screenshots(page, name, { scan = true } = {}) {
+  const dir = artifactsDir();
+  const before = page.viewportSize();
+  for (const [size, vp] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+    await page.setViewportSize(vp);
+    await page.waitForTimeout(150); // a layout pass for the new width
+    await page.screenshot({ path: path.join(dir, `${name}-${size}.png`), fullPage: true });
+    if (scan) await a11yScan(page, `${name}-${size}`);
+  }
+  if (before) await page.setViewportSize(before);
 }

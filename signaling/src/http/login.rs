@@ -259,8 +259,11 @@ pub async fn login(
         e
     };
 
+    // An account without a password (waiting for activation) costs the same one
+    // verification as any other.
     let phc = account
         .as_ref()
+        .filter(|a| a.has_password())
         .map(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_string());
     let password = req.password;
@@ -268,12 +271,22 @@ pub async fn login(
         .run(move || verify_password(&phc, &password))
         .await
         .unwrap_or(false);
-    let Some(account) = account.filter(|a| pw_ok && !a.disabled) else {
+    // An account waiting for activation says so: to anyone when it has no password
+    // yet (there is nothing to guess; its username is all this tells), and only after
+    // the right password when an admin reset its second factor.
+    let waiting = |a: &AccountRecord| a.activation_pending && (pw_ok || !a.has_password());
+    let Some(account) = account.filter(|a| (pw_ok || waiting(a)) && !a.disabled) else {
         state
             .audit(fail("bad_credentials", AuditAction::LoginFailed))
             .await?;
         return Err(ApiError::InvalidCredentials);
     };
+    if account.activation_pending {
+        state
+            .audit(fail("activation_pending", AuditAction::LoginFailed))
+            .await?;
+        return Err(ApiError::ActivationPending);
+    }
 
     if account.role.requires_mfa() && !account.totp_enabled {
         refund(&state, true);

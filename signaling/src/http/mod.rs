@@ -4,6 +4,8 @@
 //! `ConnectInfo<SocketAddr>` (source addresses are audited) and spawns
 //! [`run_media`] once to drive the media plane.
 
+mod account;
+pub mod activation;
 mod admin;
 mod appointments;
 mod break_glass;
@@ -102,6 +104,9 @@ pub struct Inner {
     /// changes, and again every [`schedule::VIEW_REAUDIT_S`], not every few seconds.
     /// Keyed by (actor, appointment); pruned by [`run_housekeeping`].
     pub(crate) views: DashMap<(String, Option<AppointmentId>), (String, Timestamp)>,
+    /// Delivers activation links; [`activation::LogNotifier`] unless the operator's
+    /// server sets another.
+    notifier: OnceLock<Arc<dyn activation::Notifier>>,
 }
 
 /// Live consultations and connections.
@@ -159,6 +164,7 @@ impl AppState {
             signer: OnceLock::new(),
             desk: OnceLock::new(),
             views: DashMap::new(),
+            notifier: OnceLock::new(),
         }))
     }
 
@@ -205,6 +211,19 @@ impl AppState {
         }
         out.sort_by_key(|(id, _)| *id);
         out
+    }
+
+    /// Connect the delivery of activation links (once; later calls are ignored and
+    /// return false). Without it, links are only noted in the log (never their token).
+    pub fn set_notifier(&self, n: Arc<dyn activation::Notifier>) -> bool {
+        self.notifier.set(n).is_ok()
+    }
+
+    pub(crate) fn notifier(&self) -> Arc<dyn activation::Notifier> {
+        self.notifier
+            .get()
+            .cloned()
+            .unwrap_or_else(activation::default_notifier)
     }
 
     /// Connect the audit log's checkpoint signer (once; later calls are ignored and
@@ -447,6 +466,15 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .route("/logout", post(login::logout))
         .route("/me", get(login::me))
         .route("/client-config", get(client_config))
+        .route("/password/policy", get(activation::password_policy))
+        .route("/activation/inspect", post(activation::inspect))
+        .route("/activation/complete", post(activation::complete))
+        .route("/account", get(account::account))
+        .route("/account/password", post(account::change_password))
+        .route(
+            "/account/recovery-codes",
+            post(account::renew_recovery_codes),
+        )
         .route("/totp/enroll", post(totp::totp_enroll))
         .route("/totp/confirm", post(totp::totp_confirm))
         .route(
@@ -480,6 +508,14 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .route(
             "/admin/accounts/{id}/disable",
             post(admin::admin_disable_account),
+        )
+        .route(
+            "/admin/accounts/{id}/enable",
+            post(admin::admin_enable_account),
+        )
+        .route(
+            "/admin/accounts/{id}/reset",
+            post(admin::admin_reset_account),
         )
         .route("/admin/audit", get(admin::admin_audit))
         .route("/admin/audit/verify", post(oversight::verify))
@@ -617,6 +653,10 @@ pub enum ApiError {
     },
     ConsentRequired,
     InviteInvalid,
+    /// The activation link is unknown, used, expired, or its account disabled.
+    ActivationInvalid,
+    /// The account waits for its owner to follow an activation link.
+    ActivationPending,
     TooManyRequests(i64),
     /// The action's audit entry could not be written, so the action was not carried
     /// out (fail closed).
@@ -672,6 +712,16 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 "invite_invalid",
                 "the invite link is invalid, used or expired",
+            ),
+            ApiError::ActivationInvalid => (
+                StatusCode::NOT_FOUND,
+                "activation_invalid",
+                "the activation link is invalid, used or expired; ask your administrator for a new one",
+            ),
+            ApiError::ActivationPending => (
+                StatusCode::FORBIDDEN,
+                "activation_pending",
+                "this account is not activated yet: open the activation link your administrator gave you",
             ),
             ApiError::TooManyRequests(_) => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -14,11 +14,13 @@ use rand::Rng as _;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
+use super::activation;
 use super::{ApiError, ApiResult, AppState, Authed};
 use crate::audit::{AuditAction, Outcome};
+use crate::auth::ActivationPurpose;
 use crate::blind_index::{self, DateOfBirth};
 use crate::crypto::ctx;
-use crate::model::{AccountId, Role};
+use crate::model::{AccountId, Role, Timestamp};
 use crate::policy;
 use crate::store::keys::patient_index_macs;
 
@@ -179,10 +181,14 @@ pub struct CreatePatientReq {
     username: Option<String>,
 }
 
+/// The new patient and the single-use link they activate their account with (the
+/// page shows `<origin>/#/activate/<token>` to copy and pass on).
 #[derive(Serialize)]
 pub struct CreatePatientResp {
     id: AccountId,
     username: String,
+    activation_token: String,
+    expires_at: Timestamp,
 }
 
 fn random_username() -> String {
@@ -216,19 +222,13 @@ pub async fn create_patient(
         .username
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(random_username);
-    // The patient sets a password through the activation link; until then the
-    // account has a random one nobody knows.
-    let placeholder: String = OsRng
-        .sample_iter(rand::distributions::Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
+    // No password: the patient sets one through the activation link.
     let new = crate::ops::prepare_account(
         &state.keyring,
         crate::ops::AccountSpec {
             username,
             role: Role::Patient,
-            password: placeholder,
+            password: None,
             display_name: display_name.clone(),
             contact: req.contact.filter(|c| !c.trim().is_empty()),
         },
@@ -244,11 +244,13 @@ pub async fn create_patient(
         .keyring
         .seal(ctx::DATE_OF_BIRTH, dob.to_string().as_bytes(), &mut OsRng);
     let (key_id, macs) = patient_index_macs(&state.keyring, &display_name, Some(dob));
-    // The account, its date of birth, its index rows and the entry commit together.
+    // The account, its date of birth, its index rows, its activation link and their
+    // entries commit together, or none of it happens.
     let mut tx = state.store.begin().await?;
     let id = tx.create_account(new).await?;
     tx.set_date_of_birth(id, sealed_dob).await?;
     tx.replace_patient_index(id, key_id, macs).await?;
+    let link = activation::issue(&state, &mut tx, id, ActivationPurpose::Activate, &s).await?;
     state
         .commit_audited(
             tx,
@@ -259,8 +261,14 @@ pub async fn create_patient(
             ],
         )
         .await?;
+    activation::notify(&state, &link).await;
     Ok((
         StatusCode::CREATED,
-        Json(CreatePatientResp { id, username }),
+        Json(CreatePatientResp {
+            id,
+            username,
+            activation_token: link.token.clone(),
+            expires_at: link.expires_at,
+        }),
     ))
 }

@@ -1,4 +1,11 @@
 //! Second-factor enrolment (`/api/totp/*`). Documented in docs/protocol.md.
+//!
+//! Two ways in. An enrolment-only session (a clinician's first login, or an activation
+//! link just followed) enrols the account's first second factor; the password was
+//! typed moments before. A full session enrols or changes one only with the password
+//! typed again, so a session left open on a shared computer cannot swap the second
+//! factor. A change leaves the old second factor working until the new one is
+//! confirmed.
 
 use axum::Json;
 use axum::extract::State;
@@ -13,25 +20,33 @@ use crate::crypto::ctx;
 use crate::model::{AccountId, Timestamp};
 use crate::store::AccountRecord;
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollReq {
+    /// The account's password; required with a full session.
+    #[serde(default)]
+    password: Option<String>,
+}
+
 #[derive(Serialize)]
 pub struct EnrollResp {
     secret: String,
     otpauth_url: String,
+    /// The otpauth URL as a QR code, an SVG document (the page shows it as an image).
+    qr_svg: String,
 }
 
-/// The session's own account, which must not have a second factor yet (enrolment
-/// and its confirmation both start here).
-async fn unenrolled_account(
-    state: &AppState,
-    s: &AnySession,
-) -> ApiResult<(AccountId, AccountRecord)> {
+/// The session's own account, and whether the session may enrol for it: an enrolment
+/// session only while no second factor is enabled; a full session only with the
+/// password (checked by the caller).
+async fn own_account(state: &AppState, s: &AnySession) -> ApiResult<(AccountId, AccountRecord)> {
     let id = s.account_id().ok_or(ApiError::Forbidden)?;
     let account = state
         .store
         .account(id)
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    if account.totp_enabled {
+    if s.session.kind == SessionKind::Enroll && account.totp_enabled {
         return Err(ApiError::Conflict("a second factor is already enrolled"));
     }
     Ok((id, account))
@@ -40,9 +55,19 @@ async fn unenrolled_account(
 pub async fn totp_enroll(
     State(state): State<AppState>,
     s: AnySession,
+    body: Option<Json<EnrollReq>>,
 ) -> ApiResult<Json<EnrollResp>> {
-    let (id, account) = unenrolled_account(&state, &s).await?;
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let (id, account) = own_account(&state, &s).await?;
+    if s.session.kind == SessionKind::Full {
+        super::account::reauthenticate(&state, &s, &account, req.password).await?;
+    }
     let secret = TotpSecret::generate(&mut OsRng);
+    let qr_svg = secret
+        .qr_svg(&state.settings.issuer, &account.username)
+        .ok_or(ApiError::BadRequest(
+            "the issuer or username is too long for a QR code",
+        ))?;
     let sealed = state.keyring.seal(ctx::TOTP_SECRET, &secret.0, &mut OsRng);
     // The pending secret and its entry commit together, or neither does.
     let mut tx = state.store.begin().await?;
@@ -50,12 +75,20 @@ pub async fn totp_enroll(
     state
         .commit_audited(
             tx,
-            vec![s.event(AuditAction::MfaEnrollStarted, Outcome::Success)],
+            vec![
+                s.event(AuditAction::MfaEnrollStarted, Outcome::Success)
+                    .detail(if account.totp_enabled {
+                        "change"
+                    } else {
+                        "first"
+                    }),
+            ],
         )
         .await?;
     Ok(Json(EnrollResp {
         otpauth_url: secret.otpauth_url(&state.settings.issuer, &account.username),
         secret: secret.base32(),
+        qr_svg,
     }))
 }
 
@@ -78,9 +111,9 @@ pub async fn totp_confirm(
     s: AnySession,
     Json(req): Json<ConfirmReq>,
 ) -> ApiResult<Json<ConfirmResp>> {
-    let (id, account) = unenrolled_account(&state, &s).await?;
+    let (id, account) = own_account(&state, &s).await?;
     let sealed = account
-        .totp_secret
+        .totp_pending
         .as_ref()
         .ok_or(ApiError::BadRequest("start enrolment first"))?;
     let secret = state
@@ -106,7 +139,13 @@ pub async fn totp_confirm(
     state
         .commit_audited(
             tx,
-            vec![s.event(AuditAction::MfaEnrolled, Outcome::Success)],
+            vec![s.event(AuditAction::MfaEnrolled, Outcome::Success).detail(
+                if account.totp_enabled {
+                    "change"
+                } else {
+                    "first"
+                },
+            )],
         )
         .await?;
     let (token, expires_at) = if s.session.kind == SessionKind::Enroll {

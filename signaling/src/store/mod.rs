@@ -21,7 +21,7 @@ pub use sql::{Backend, SqlStore, SqlTx};
 
 use async_trait::async_trait;
 
-use crate::auth::Session;
+use crate::auth::{ActivationPurpose, Session};
 use crate::model::{
     AccountId, AppointmentId, AppointmentStatus, ChatId, InviteId, ParticipantId, Principal, Role,
     Timestamp,
@@ -78,12 +78,55 @@ pub struct AccountRecord {
     pub password_hash: String,
     pub display_name: Vec<u8>,
     pub contact: Option<Vec<u8>>,
-    /// Sealed; set at enrolment start, used once `totp_enabled`.
+    /// Sealed; the second factor in use once `totp_enabled`.
     pub totp_secret: Option<Vec<u8>>,
     pub totp_enabled: bool,
     pub totp_last_step: Option<i64>,
     pub disabled: bool,
     pub created_at: Timestamp,
+    /// Waiting for its owner to follow an activation link: cannot log in.
+    pub activation_pending: bool,
+    /// Sealed; a second factor being enrolled, not yet confirmed (the enabled one, if
+    /// any, keeps working until it is).
+    pub totp_pending: Option<Vec<u8>>,
+}
+
+impl AccountRecord {
+    /// Whether the account has a password at all (an account an admin created has
+    /// none until it is activated, nor one whose password an admin reset).
+    pub fn has_password(&self) -> bool {
+        !self.password_hash.is_empty()
+    }
+}
+
+/// A single-use link for an account's owner, stored as the hash of its token only.
+#[derive(Clone, Debug)]
+pub struct NewActivation {
+    pub account: AccountId,
+    pub token_hash: Vec<u8>,
+    pub purpose: ActivationPurpose,
+    /// Who issued it; `None` from the command line.
+    pub created_by: Option<AccountId>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct ActivationRecord {
+    pub id: i64,
+    pub account: AccountId,
+    pub purpose: ActivationPurpose,
+    pub created_by: Option<AccountId>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+}
+
+impl ActivationRecord {
+    /// Unused and unexpired at `now`.
+    pub fn usable(&self, now: Timestamp) -> bool {
+        self.used_at.is_none() && now < self.expires_at
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -217,16 +260,18 @@ pub enum SealedColumn {
     Reason,
     InviteLabel,
     DateOfBirth,
+    TotpPending,
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 6] = [
+    pub const ALL: [SealedColumn; 7] = [
         SealedColumn::DisplayName,
         SealedColumn::Contact,
         SealedColumn::TotpSecret,
         SealedColumn::Reason,
         SealedColumn::InviteLabel,
         SealedColumn::DateOfBirth,
+        SealedColumn::TotpPending,
     ];
     pub fn table_column(self) -> (&'static str, &'static str) {
         match self {
@@ -236,6 +281,7 @@ impl SealedColumn {
             SealedColumn::Reason => ("appointments", "reason"),
             SealedColumn::InviteLabel => ("invites", "label"),
             SealedColumn::DateOfBirth => ("accounts", "date_of_birth"),
+            SealedColumn::TotpPending => ("accounts", "totp_pending"),
         }
     }
     /// The AAD context the value was sealed with.
@@ -248,6 +294,9 @@ impl SealedColumn {
             SealedColumn::Reason => ctx::REASON,
             SealedColumn::InviteLabel => ctx::INVITE_LABEL,
             SealedColumn::DateOfBirth => ctx::DATE_OF_BIRTH,
+            // Pending and enabled secrets are sealed alike: enabling one moves the
+            // envelope from one column to the other.
+            SealedColumn::TotpPending => ctx::TOTP_SECRET,
         }
     }
 }
@@ -304,6 +353,21 @@ pub trait StoreTx: Send {
     async fn move_appointment(&mut self, id: AppointmentId, c: AppointmentChange) -> Result<bool>;
     /// Cancel a booked appointment; false if it is not booked.
     async fn cancel_appointment(&mut self, id: AppointmentId) -> Result<bool>;
+    /// Stores a new activation link for its account; any earlier unused link of that
+    /// account stops working (one live link per account).
+    async fn create_activation(&mut self, a: NewActivation) -> Result<i64>;
+    /// Marks the link used if it is unused and unexpired at `now`; false otherwise.
+    /// Atomic, so a link works once even under concurrent use.
+    async fn use_activation(&mut self, id: i64, now: Timestamp) -> Result<bool>;
+    /// Replaces the account's password hash (empty: no password).
+    async fn set_password_hash(&mut self, id: AccountId, phc: &str) -> Result<()>;
+    async fn set_activation_pending(&mut self, id: AccountId, pending: bool) -> Result<()>;
+    /// Removes the second factor (enabled and pending) and every recovery code.
+    async fn clear_second_factor(&mut self, id: AccountId) -> Result<()>;
+    async fn set_account_disabled(&mut self, id: AccountId, disabled: bool) -> Result<bool>;
+    /// Revokes every session of the account except the one whose token hash is
+    /// `keep` (all of them when `None`); returns how many.
+    async fn revoke_account_sessions(&mut self, id: AccountId, keep: Option<&[u8]>) -> Result<u64>;
     /// Appends `events` to the audit log inside this transaction.
     async fn record_audit(&mut self, events: &[crate::audit::AuditEvent]) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
@@ -345,6 +409,13 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn replace_recovery_codes(&self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()>;
     /// Consume a recovery code; false if unknown or already used.
     async fn use_recovery_code(&self, id: AccountId, hash: &[u8], now: Timestamp) -> Result<bool>;
+    /// Recovery codes of the account not used yet.
+    async fn recovery_codes_remaining(&self, id: AccountId) -> Result<u32>;
+
+    // activation links (tokens are stored only as hashes)
+    async fn activation_by_hash(&self, token_hash: &[u8]) -> Result<Option<ActivationRecord>>;
+    /// The account's newest link, used or not.
+    async fn latest_activation(&self, account: AccountId) -> Result<Option<ActivationRecord>>;
 
     // sessions (tokens are stored only as hashes)
     async fn create_session(&self, s: &Session) -> Result<()>;

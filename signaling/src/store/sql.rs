@@ -27,7 +27,9 @@ pub struct SqlStore {
 }
 
 const ACCOUNT_COLS: &str = "id, username, role, password_hash, display_name, contact, totp_secret, \
-     totp_enabled, totp_last_step, disabled, created_at";
+     totp_enabled, totp_last_step, disabled, created_at, activation_pending, totp_pending";
+const ACTIVATION_COLS: &str =
+    "id, account_id, purpose, created_by, created_at, expires_at, used_at";
 const APPOINTMENT_COLS: &str =
     "id, doctor_id, patient_id, start_at, duration_s, reason, status, created_by, created_at";
 const SESSION_COLS: &str = "token_hash, account_id, invite_id, role, kind, scope_appointment, \
@@ -120,6 +122,21 @@ fn account_from(r: &AnyRow) -> Result<AccountRecord> {
         totp_last_step: r.try_get(8)?,
         disabled: r.try_get::<i64, _>(9)? != 0,
         created_at: Timestamp(r.try_get(10)?),
+        activation_pending: r.try_get::<i64, _>(11)? != 0,
+        totp_pending: r.try_get(12)?,
+    })
+}
+
+fn activation_from(r: &AnyRow) -> Result<ActivationRecord> {
+    let purpose: String = r.try_get(2)?;
+    Ok(ActivationRecord {
+        id: r.try_get(0)?,
+        account: AccountId(r.try_get(1)?),
+        purpose: ActivationPurpose::parse(&purpose).ok_or(StoreError::Corrupt("purpose"))?,
+        created_by: r.try_get::<Option<i64>, _>(3)?.map(AccountId),
+        created_at: Timestamp(r.try_get(4)?),
+        expires_at: Timestamp(r.try_get(5)?),
+        used_at: r.try_get::<Option<i64>, _>(6)?.map(Timestamp),
     })
 }
 
@@ -318,23 +335,132 @@ async fn w_set_totp_pending(
     id: AccountId,
     sealed_secret: Vec<u8>,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE accounts SET totp_secret = $1, totp_enabled = 0, totp_last_step = NULL WHERE id = $2",
-    )
-    .bind(sealed_secret)
-    .bind(id.0)
-    .execute(&mut *c)
-    .await?;
-    Ok(())
-}
-
-async fn w_enable_totp(c: &mut AnyConnection, id: AccountId, step: i64) -> Result<()> {
-    sqlx::query("UPDATE accounts SET totp_enabled = 1, totp_last_step = $1 WHERE id = $2")
-        .bind(step)
+    // The enabled secret, if any, stays in force until the pending one is confirmed.
+    sqlx::query("UPDATE accounts SET totp_pending = $1 WHERE id = $2")
+        .bind(sealed_secret)
         .bind(id.0)
         .execute(&mut *c)
         .await?;
     Ok(())
+}
+
+async fn w_enable_totp(c: &mut AnyConnection, id: AccountId, step: i64) -> Result<()> {
+    // The pending secret replaces the enabled one (if any) in one statement.
+    let r = sqlx::query(
+        "UPDATE accounts SET totp_secret = totp_pending, totp_pending = NULL, totp_enabled = 1, \
+         totp_last_step = $1 WHERE id = $2 AND totp_pending IS NOT NULL",
+    )
+    .bind(step)
+    .bind(id.0)
+    .execute(&mut *c)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Err(StoreError::Corrupt("no pending second factor to enable"));
+    }
+    Ok(())
+}
+
+async fn w_create_activation(c: &mut AnyConnection, a: NewActivation) -> Result<i64> {
+    sqlx::query("DELETE FROM activations WHERE account_id = $1 AND used_at IS NULL")
+        .bind(a.account.0)
+        .execute(&mut *c)
+        .await?;
+    let row = sqlx::query(
+        "INSERT INTO activations (account_id, token_hash, purpose, created_by, created_at, \
+         expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(a.account.0)
+    .bind(a.token_hash)
+    .bind(a.purpose.as_str())
+    .bind(a.created_by.map(|x| x.0))
+    .bind(a.created_at.0)
+    .bind(a.expires_at.0)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
+async fn w_use_activation(c: &mut AnyConnection, id: i64, now: Timestamp) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE activations SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now.0)
+    .bind(id)
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn w_set_password_hash(c: &mut AnyConnection, id: AccountId, phc: &str) -> Result<()> {
+    sqlx::query("UPDATE accounts SET password_hash = $1 WHERE id = $2")
+        .bind(phc)
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn w_set_activation_pending(
+    c: &mut AnyConnection,
+    id: AccountId,
+    pending: bool,
+) -> Result<()> {
+    sqlx::query("UPDATE accounts SET activation_pending = $1 WHERE id = $2")
+        .bind(b(pending))
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn w_clear_second_factor(c: &mut AnyConnection, id: AccountId) -> Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET totp_secret = NULL, totp_pending = NULL, totp_enabled = 0, \
+         totp_last_step = NULL WHERE id = $1",
+    )
+    .bind(id.0)
+    .execute(&mut *c)
+    .await?;
+    sqlx::query("DELETE FROM recovery_codes WHERE account_id = $1")
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn w_set_account_disabled(
+    c: &mut AnyConnection,
+    id: AccountId,
+    disabled: bool,
+) -> Result<bool> {
+    let r = sqlx::query("UPDATE accounts SET disabled = $1 WHERE id = $2")
+        .bind(b(disabled))
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn w_revoke_account_sessions(
+    c: &mut AnyConnection,
+    id: AccountId,
+    keep: Option<&[u8]>,
+) -> Result<u64> {
+    let r = match keep {
+        Some(k) => sqlx::query(
+            "UPDATE sessions SET revoked = 1 WHERE account_id = $1 AND revoked = 0 \
+             AND token_hash <> $2",
+        )
+        .bind(id.0)
+        .bind(k.to_vec()),
+        None => {
+            sqlx::query("UPDATE sessions SET revoked = 1 WHERE account_id = $1 AND revoked = 0")
+                .bind(id.0)
+        }
+    }
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 async fn w_replace_recovery_codes(
@@ -494,6 +620,27 @@ impl StoreTx for SqlTx {
     async fn cancel_appointment(&mut self, id: AppointmentId) -> Result<bool> {
         w_cancel_appointment(&mut self.tx, id).await
     }
+    async fn create_activation(&mut self, a: NewActivation) -> Result<i64> {
+        w_create_activation(&mut self.tx, a).await
+    }
+    async fn use_activation(&mut self, id: i64, now: Timestamp) -> Result<bool> {
+        w_use_activation(&mut self.tx, id, now).await
+    }
+    async fn set_password_hash(&mut self, id: AccountId, phc: &str) -> Result<()> {
+        w_set_password_hash(&mut self.tx, id, phc).await
+    }
+    async fn set_activation_pending(&mut self, id: AccountId, pending: bool) -> Result<()> {
+        w_set_activation_pending(&mut self.tx, id, pending).await
+    }
+    async fn clear_second_factor(&mut self, id: AccountId) -> Result<()> {
+        w_clear_second_factor(&mut self.tx, id).await
+    }
+    async fn set_account_disabled(&mut self, id: AccountId, disabled: bool) -> Result<bool> {
+        w_set_account_disabled(&mut self.tx, id, disabled).await
+    }
+    async fn revoke_account_sessions(&mut self, id: AccountId, keep: Option<&[u8]>) -> Result<u64> {
+        w_revoke_account_sessions(&mut self.tx, id, keep).await
+    }
     async fn record_audit(&mut self, events: &[crate::audit::AuditEvent]) -> Result<()> {
         super::merkle::record_within(&mut self.tx, events).await?;
         Ok(())
@@ -551,12 +698,7 @@ impl Store for SqlStore {
     }
 
     async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool> {
-        let r = sqlx::query("UPDATE accounts SET disabled = $1 WHERE id = $2")
-            .bind(b(disabled))
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        w_set_account_disabled(&mut *self.pool.acquire().await?, id, disabled).await
     }
 
     async fn login_throttle(&self, id: AccountId) -> Result<Option<(u32, Timestamp)>> {
@@ -631,6 +773,38 @@ impl Store for SqlStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn recovery_codes_remaining(&self, id: AccountId) -> Result<u32> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM recovery_codes WHERE account_id = $1 AND used_at IS NULL",
+        )
+        .bind(id.0)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get(0)?;
+        u32::try_from(n).map_err(|_| StoreError::Corrupt("recovery code count"))
+    }
+
+    async fn activation_by_hash(&self, token_hash: &[u8]) -> Result<Option<ActivationRecord>> {
+        let q = format!("SELECT {ACTIVATION_COLS} FROM activations WHERE token_hash = $1");
+        let row = sqlx::query(&q)
+            .bind(token_hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(activation_from).transpose()
+    }
+
+    async fn latest_activation(&self, account: AccountId) -> Result<Option<ActivationRecord>> {
+        let q = format!(
+            "SELECT {ACTIVATION_COLS} FROM activations WHERE account_id = $1 \
+             ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&q)
+            .bind(account.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(activation_from).transpose()
+    }
+
     async fn create_session(&self, s: &Session) -> Result<()> {
         w_create_session(&mut *self.pool.acquire().await?, s).await
     }
@@ -663,12 +837,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_account_sessions(&self, id: AccountId) -> Result<u64> {
-        let r =
-            sqlx::query("UPDATE sessions SET revoked = 1 WHERE account_id = $1 AND revoked = 0")
-                .bind(id.0)
-                .execute(&self.pool)
-                .await?;
-        Ok(r.rows_affected())
+        w_revoke_account_sessions(&mut *self.pool.acquire().await?, id, None).await
     }
 
     async fn account_sessions(&self, id: AccountId, now: Timestamp) -> Result<Vec<Session>> {

@@ -144,7 +144,7 @@ impl TestServer {
             ops::AccountSpec {
                 username: username.into(),
                 role,
-                password: password.clone(),
+                password: Some(password.clone()),
                 display_name: format!("Test {username}"),
                 contact: None,
             },

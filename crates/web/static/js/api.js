@@ -57,6 +57,11 @@ export function keyLayerRequest(method, path, body, text) {
   return request(method, path, body, { text });
 }
 
+/** Any REST call of the clinic pages (`path` under /api); rejects with ApiError. */
+export function call(method, path, body) {
+  return request(method, path, body);
+}
+
 export const api = {
   login: (username, password, totp) =>
     request('POST', '/login', totp ? { username, password, totp } : { username, password }),

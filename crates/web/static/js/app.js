@@ -3,16 +3,22 @@
 //
 // Routes (hash): #/login, #/appointments, #/consultation/<appointment id>,
 // #/invite/<token> (a guest's single-use link; the token is dropped from the address bar
-// at once and kept only in memory until redeemed).
+// at once and kept only in memory until redeemed), #/activate/<token> (an account's
+// single-use activation link, handled the same way; onboarding.js), #/account (account.js),
+// #/frontdesk (staff; frontdesk.js), #/admin and #/admin/<tab> (admins; admin.js).
 // Test flag: `?test=1` lets the end-to-end test read plaintext samples from the sender
 // transform (see e2ee-worker.js, collectSample). They never leave the page, and the flag
 // counts only when the server says so (`/api/client-config`), which only a test build
 // started with --test-hooks does: on a production server `?test=1` does nothing.
 
-import { api, ApiError, token, setToken } from './api.js';
+import { api, call, ApiError, token, setToken } from './api.js';
 import { e2eeSupport } from './e2ee.js';
 import { Consultation } from './call.js';
 import { $, showView, showMessage, setError, el, formatWhen, banner } from './ui.js';
+import { showActivation } from './onboarding.js';
+import { showAccount } from './account.js';
+import { showFrontDesk } from './frontdesk.js';
+import { showAdmin } from './admin.js';
 
 const TEST_MODE = new URLSearchParams(location.search).get('test') === '1'
   && await fetch('/api/client-config').then((r) => r.json()).then((c) => c.test_hooks === true, () => false);
@@ -25,7 +31,46 @@ const state = {
   afterLogin: null,    // route to go back to after logging in
   precall: null,       // cleanup of the pre-call level meter
   invite: null,        // a guest's invite token, until redeemed
+  activation: null,    // an account's activation token, until used
 };
+
+/** What the clinic pages (onboarding, account, front desk, admin) get from the shell. */
+function pageContext() {
+  return {
+    me: state.me,
+    call,
+    go,
+    authFailed,
+    setToken,
+    /** After a successful login or activation: forget cached data, go home. */
+    loggedIn(t) {
+      setToken(t);
+      state.me = null;
+      state.appointments = null;
+      go('#/');
+    },
+  };
+}
+
+/** Where a role starts: staff at the front desk, admins in administration. */
+function homeOf(me) {
+  if (me && me.role === 'staff') return '#/frontdesk';
+  if (me && me.role === 'admin') return '#/admin';
+  return '#/appointments';
+}
+
+/** A page that needs the caller's identity first (and the nav bar filled). */
+async function withMe(show) {
+  showView('loading');
+  try {
+    await loadMe();
+  } catch (e) {
+    if (authFailed(e)) return;
+    showMessage('error', 'Something went wrong', e.message, { home: false });
+    return;
+  }
+  await show(pageContext());
+}
 
 // ------------------------------------------------------------------ routing
 
@@ -40,6 +85,13 @@ function route() {
     return showInvite();
   }
   if (hash === '#/invite' && state.invite) return showInvite();
+  const act = hash.match(/^#\/activate\/([A-Za-z0-9_-]{8,512})$/);
+  if (act) {
+    state.activation = act[1];
+    history.replaceState(null, '', `${location.pathname}${location.search}#/activate`);
+    return showActivation(pageContext(), state.activation);
+  }
+  if (hash === '#/activate' && state.activation) return showActivation(pageContext(), state.activation);
   if (!token() && hash !== '#/login') {
     state.afterLogin = hash === '#/' ? null : hash;
     location.hash = '#/login';
@@ -47,8 +99,15 @@ function route() {
   }
   if (hash === '#/login') return showLogin();
   if (m) return openConsultation(Number(m[1]));
-  if (hash === '#/appointments' || hash === '#/') return showAppointments();
-  location.hash = '#/appointments';
+  if (hash === '#/') {
+    return withMe(async () => { location.replace(homeOf(state.me)); });
+  }
+  if (hash === '#/appointments') return showAppointments();
+  if (hash === '#/account') return withMe((ctx) => showAccount(ctx));
+  if (hash === '#/frontdesk') return withMe((ctx) => showFrontDesk(ctx));
+  const admin = hash.match(/^#\/admin(?:\/([a-z-]+))?$/);
+  if (admin) return withMe((ctx) => showAdmin(ctx, admin[1] || null));
+  location.hash = '#/';
 }
 
 function go(hash) {
@@ -83,7 +142,32 @@ async function loadMe() {
   who.textContent = `${state.me.label} (${state.me.role})`;
   who.hidden = false;
   $('logout').hidden = false;
+  renderNav(state.me);
   return state.me;
+}
+
+const NAV = [
+  { hash: '#/appointments', text: 'Appointments', roles: ['doctor', 'patient'] },
+  { hash: '#/frontdesk', text: 'Front desk', roles: ['staff', 'admin'] },
+  { hash: '#/admin', text: 'Administration', roles: ['admin'] },
+  { hash: '#/account', text: 'Your account', roles: ['doctor', 'patient', 'staff', 'admin'] },
+];
+
+/** The links this role has; the current page is marked for screen readers. */
+function renderNav(me) {
+  const list = $('nav-list');
+  const links = NAV.filter((n) => n.roles.includes(me.role));
+  list.replaceChildren(...links.map((n) => {
+    const a = el('a', { href: n.hash, text: n.text });
+    if (location.hash === n.hash || location.hash.startsWith(`${n.hash}/`)) a.setAttribute('aria-current', 'page');
+    return el('li', {}, a);
+  }));
+  $('nav').hidden = links.length === 0;
+}
+
+function hideNav() {
+  $('nav').hidden = true;
+  $('nav-list').replaceChildren();
 }
 
 $('logout').addEventListener('click', async () => {
@@ -95,6 +179,7 @@ $('logout').addEventListener('click', async () => {
   state.appointments = null;
   $('who').hidden = true;
   $('logout').hidden = true;
+  hideNav();
   go('#/login');
 });
 
@@ -103,6 +188,7 @@ $('logout').addEventListener('click', async () => {
 function showLogin() {
   $('who').hidden = true;
   $('logout').hidden = true;
+  hideNav();
   setError('login-error', null);
   $('login-totp-field').hidden = true;
   $('login-totp').value = '';
@@ -133,7 +219,7 @@ $('login-form').addEventListener('submit', async (e) => {
     $('login-totp').value = '';
     state.me = null;
     state.appointments = null;
-    const next = state.afterLogin || '#/appointments';
+    const next = state.afterLogin || '#/';
     state.afterLogin = null;
     go(next);
   } catch (err) {

@@ -3,7 +3,8 @@
 
 export const $ = (id) => document.getElementById(id);
 
-const VIEWS = ['loading', 'login', 'appointments', 'precall', 'consent', 'waiting', 'call', 'message'];
+const VIEWS = ['loading', 'login', 'appointments', 'precall', 'consent', 'waiting', 'call', 'message',
+  'activate', 'account', 'frontdesk', 'admin'];
 
 /** Show one view, hide the others, and move focus to its heading for screen readers. */
 export function showView(name) {

@@ -1,0 +1,8 @@
+// Administration: accounts, sessions, the audit trail, break-glass and settings.
+
+import { $, showView, el } from './ui.js';
+
+export async function showAdmin(ctx, tab) {
+  $('admin-body').replaceChildren(el('p', { text: 'Loading…' }));
+  showView('admin');
+}
