@@ -96,6 +96,7 @@ actions! {
     SessionsListed => "sessions_listed",
     BreakGlassReviewed => "break_glass_reviewed",
     SettingsRead => "settings_read",
+    DoctorsListed => "doctors_listed",
     // Key directory: target `device:<id>`, detail `ed25519:<base64 key>`. Clients
     // verify these entries (confide_mls::transparency), so the strings are fixed.
     DeviceRegistered => "device_registered",

@@ -683,3 +683,40 @@ async fn patients_are_found_by_name_or_birth_date_without_opening_the_table() {
         "rows under the old key are dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_booking_form_lists_active_doctors_to_staff_and_admins_only() {
+    let ts = server().await;
+    let staff = ts.login_demo(Role::Staff).await;
+    let admin = ts.login_demo(Role::Admin).await;
+    let (doc2, _, _) = ts.add_account("doc2", Role::Doctor).await;
+    let (gone, _, _) = ts.add_account("gone", Role::Doctor).await;
+    ts.store().set_account_disabled(gone, true).await.unwrap();
+    for token in [&staff, &admin] {
+        let r = ts.req("GET", "/api/doctors", Some(token), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let ids: Vec<i64> = r
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_i64().unwrap())
+            .collect();
+        let demo = ts.demo.account(Role::Doctor).unwrap().id.0;
+        assert!(ids.contains(&demo) && ids.contains(&doc2.0), "{ids:?}");
+        assert!(!ids.contains(&gone.0), "a disabled doctor is not offered");
+    }
+    ts.expect_audit(AuditAction::DoctorsListed, &ts.principal(Role::Staff), None)
+        .await;
+    for role in [Role::Doctor, Role::Patient] {
+        let t = ts.login_demo(role).await;
+        let r = ts.req("GET", "/api/doctors", Some(&t), None).await;
+        assert_eq!(r.status, 403, "{role:?}");
+        ts.expect_audit(
+            AuditAction::DoctorsListed,
+            &ts.principal(role),
+            Some("not allowed for this role"),
+        )
+        .await;
+    }
+}

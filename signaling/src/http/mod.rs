@@ -488,6 +488,7 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         )
         .route("/schedule", get(schedule::schedule))
         .route("/waiting-rooms", get(schedule::waiting_rooms))
+        .route("/doctors", get(schedule::doctors))
         .route(
             "/patients",
             get(patients::search_patients).post(patients::create_patient),

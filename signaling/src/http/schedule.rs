@@ -542,3 +542,39 @@ pub async fn cancel_appointment(
         status: AppointmentStatus::Cancelled,
     }))
 }
+
+/// `GET /api/doctors`: the clinic's active doctors, for the booking form (staff and
+/// admins: those whose schedule is the clinic's; a doctor books only for themself).
+pub async fn doctors(State(state): State<AppState>, s: Authed) -> ApiResult<Json<Vec<PersonRef>>> {
+    match policy::schedule_scope(s.session.subject()) {
+        Ok(ScheduleScope::Clinic) => {}
+        Ok(ScheduleScope::Doctor(_)) | Err(_) => {
+            state
+                .audit(
+                    s.event(AuditAction::DoctorsListed, Outcome::Denied)
+                        .detail("not allowed for this role"),
+                )
+                .await?;
+            return Err(ApiError::Forbidden);
+        }
+    }
+    let mut out: Vec<PersonRef> = state
+        .store
+        .list_accounts()
+        .await?
+        .iter()
+        .filter(|a| a.role == Role::Doctor && !a.disabled)
+        .map(|a| PersonRef {
+            id: a.id,
+            label: label_of(&state, a),
+        })
+        .collect();
+    out.sort_by(|a, b| a.label.cmp(&b.label));
+    state
+        .audit(
+            s.event(AuditAction::DoctorsListed, Outcome::Success)
+                .detail(format!("{} doctors", out.len())),
+        )
+        .await?;
+    Ok(Json(out))
+}
