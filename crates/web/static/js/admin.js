@@ -154,7 +154,7 @@ async function sessionsTab(panel, ctx) {
       el('button', {
         type: 'button',
         text: 'End this session',
-        'aria-label': `End session ${s.id} of ${who}`,
+        'aria-label': `End this session (${s.id}) of ${who}`,
         onclick: async () => {
           try {
             await rest(ctx, 'DELETE', `/admin/accounts/${id}/sessions/${s.id}`);

@@ -278,7 +278,7 @@ function item(a) {
     const actions = el('div', { class: 'fd-actions' },
       el('button', { type: 'button', text: 'Move', 'aria-label': `Move the appointment of ${label}`, onclick: () => moveForm(li, a) }),
       el('button', { type: 'button', text: 'Cancel', 'aria-label': `Cancel the appointment of ${label}`, onclick: () => cancelConfirm(li, a) }),
-      el('button', { type: 'button', text: 'Join link', 'aria-label': `Make a single-use join link for ${label}`, onclick: () => joinLink(li, a) }));
+      el('button', { type: 'button', text: 'Join link', 'aria-label': `Join link (single use) for ${label}`, onclick: () => joinLink(li, a) }));
     li.append(actions);
   }
   li.append(el('div', { class: 'fd-inline-panel', hidden: true }));
@@ -591,7 +591,7 @@ async function searchPatients() {
   $('fd-search-results').replaceChildren(...found.map((p) => el('li', { 'data-patient': String(p.id) },
     el('div', { class: 'fd-who', text: p.label }),
     el('div', { class: 'help', text: `Born ${p.date_of_birth || 'unknown'} · username ${p.username}${p.disabled ? ' · disabled' : ''}` }),
-    el('button', { type: 'button', text: 'Book for this patient', 'aria-label': `Book an appointment for ${p.label}`, onclick: () => { choosePatient(p); $('fd-book').scrollIntoView({ block: 'start' }); } }))));
+    el('button', { type: 'button', text: 'Book for this patient', 'aria-label': `Book for this patient: ${p.label}`, onclick: () => { choosePatient(p); $('fd-book').scrollIntoView({ block: 'start' }); } }))));
 }
 
 async function createPatient() {
