@@ -75,6 +75,12 @@ function errorLine(id) {
   return el('p', { id, class: 'error', role: 'alert', hidden: true });
 }
 
+/** `input` suggesting the options of datalist `id` (`list` is an attribute only). */
+function withList(input, id) {
+  input.setAttribute('list', id);
+  return input;
+}
+
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : '—');
 const pad = (n) => String(n).padStart(2, '0');
 /** A datetime-local value for `d` (local time). */
@@ -205,7 +211,7 @@ async function auditTab(panel, ctx) {
         el('div', { class: 'fd-row' },
           field('admin-audit-actor', 'Person', el('input', { id: 'admin-audit-actor', autocomplete: 'off' }), 'Who acted: account:N, guest:N or anonymous.'),
           field('admin-audit-patient', 'Patient', el('input', { id: 'admin-audit-patient', autocomplete: 'off' }), 'account:N, or a name to look up.'),
-          field('admin-audit-action', 'Action', el('input', { id: 'admin-audit-action', autocomplete: 'off', list: 'admin-audit-actions' }))),
+          field('admin-audit-action', 'Action', withList(el('input', { id: 'admin-audit-action', autocomplete: 'off' }), 'admin-audit-actions'))),
         actions,
         choices,
         el('div', { class: 'fd-row' },
