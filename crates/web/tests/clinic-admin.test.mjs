@@ -170,6 +170,22 @@ describe('administration: audit trail, sessions, break-glass, settings', { timeo
     await screenshots(page, 'clinic-admin-break-glass');
   });
 
+  test('the front desk as an admin: the schedule and the register, no booking', async () => {
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Front desk' }).click();
+    await page.locator('#view-frontdesk').waitFor({ state: 'visible' });
+    await page.locator('#fd-schedule-body li.fd-appt').first().waitFor();
+    assert.equal(await page.getByRole('heading', { name: 'Book an appointment' }).count(), 0);
+    assert.equal(await page.locator('#fd-schedule-body li.fd-appt button').count(), 0, 'no move or cancel');
+    const search = page.locator('#fd-search-form');
+    await search.getByLabel('Name', { exact: true }).fill('demo');
+    await search.getByRole('button', { name: 'Search patients' }).click();
+    await page.locator('#fd-search-summary').filter({ hasText: 'found' }).waitFor();
+    assert.match(await page.locator('#fd-search-results').innerText(), /Demo Patient/);
+    await screenshots(page, 'clinic-frontdesk-admin');
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Administration' }).click();
+    await page.locator('#view-admin').waitFor({ state: 'visible' });
+  });
+
   test('the settings', async () => {
     await tab('Settings', 'Settings');
     const dl = page.locator('dl.settings');

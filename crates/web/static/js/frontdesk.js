@@ -67,11 +67,14 @@ export async function showFrontDesk(ctx) {
     rooms: new Map(),
     chosen: null,
     timer: null,
+    // Staff book, move and cancel; admins see the schedule and use the register only
+    // (signaling::policy), so the page offers them only that.
+    books: !!(ctx.me && ctx.me.role === 'staff'),
   };
   $('frontdesk-body').replaceChildren(layout());
   showView('frontdesk');
   wireForms();
-  await Promise.all([loadDoctors(), loadSchedule(), pollRooms()]);
+  await Promise.all([fd.books ? loadDoctors() : null, loadSchedule(), pollRooms()]);
   fd.timer = setInterval(() => {
     if ($('view-frontdesk').hidden) { stopPolling(); return; }
     pollRooms();
@@ -145,7 +148,7 @@ function layout() {
 
   return el('div', { class: 'fd-grid' },
     el('div', { class: 'fd-main' }, rooms, schedule),
-    el('div', { class: 'fd-side' }, book, patients));
+    el('div', { class: 'fd-side' }, fd.books ? book : null, patients));
 }
 
 function field(id, text, control) {
@@ -273,7 +276,7 @@ function item(a) {
     el('div', { class: 'fd-appt-doctor', text: `with ${a.doctor.label} · ${Math.round(a.duration_s / 60)} min` }),
     el('p', { class: `fd-presence${presence && presence.waiting && presence.waiting.length ? ' waiting' : ''}`, 'data-presence': '', text: presenceText(presence) }));
   if (a.reason) li.append(el('p', { class: 'help', text: `Reason: ${a.reason}` }));
-  if (a.status === 'booked') {
+  if (a.status === 'booked' && fd.books) {
     const label = `${patient} at ${when}`;
     const actions = el('div', { class: 'fd-actions' },
       el('button', { type: 'button', text: 'Move', 'aria-label': `Move the appointment of ${label}`, onclick: () => moveForm(li, a) }),
@@ -466,16 +469,17 @@ function wireForms() {
   $('fd-next').addEventListener('click', () => step(1));
   $('fd-today').addEventListener('click', () => { fd.anchor = startOfDay(new Date()); loadSchedule(); });
 
-  const now = new Date();
-  const next = new Date(Math.ceil(now.getTime() / (15 * 60_000)) * 15 * 60_000);
-  $('fd-book-date').value = isoDate(next);
-  $('fd-book-time').value = hhmm(next);
-
-  $('fd-book-find-go').addEventListener('click', () => findForBooking());
-  $('fd-book-find').addEventListener('keydown', (e) => {
-    if (e.key === 'Enter') { e.preventDefault(); findForBooking(); }
-  });
-  $('fd-book-form').addEventListener('submit', (e) => { e.preventDefault(); book(); });
+  if (fd.books) {
+    const now = new Date();
+    const next = new Date(Math.ceil(now.getTime() / (15 * 60_000)) * 15 * 60_000);
+    $('fd-book-date').value = isoDate(next);
+    $('fd-book-time').value = hhmm(next);
+    $('fd-book-find-go').addEventListener('click', () => findForBooking());
+    $('fd-book-find').addEventListener('keydown', (e) => {
+      if (e.key === 'Enter') { e.preventDefault(); findForBooking(); }
+    });
+    $('fd-book-form').addEventListener('submit', (e) => { e.preventDefault(); book(); });
+  }
   $('fd-search-form').addEventListener('submit', (e) => { e.preventDefault(); searchPatients(); });
   $('fd-new-form').addEventListener('submit', (e) => { e.preventDefault(); createPatient(); });
 }
@@ -591,7 +595,7 @@ async function searchPatients() {
   $('fd-search-results').replaceChildren(...found.map((p) => el('li', { 'data-patient': String(p.id) },
     el('div', { class: 'fd-who', text: p.label }),
     el('div', { class: 'help', text: `Born ${p.date_of_birth || 'unknown'} · username ${p.username}${p.disabled ? ' · disabled' : ''}` }),
-    el('button', { type: 'button', text: 'Book for this patient', 'aria-label': `Book for this patient: ${p.label}`, onclick: () => { choosePatient(p); $('fd-book').scrollIntoView({ block: 'start' }); } }))));
+    fd.books ? el('button', { type: 'button', text: 'Book for this patient', 'aria-label': `Book for this patient: ${p.label}`, onclick: () => { choosePatient(p); $('fd-book').scrollIntoView({ block: 'start' }); } }) : null)));
 }
 
 async function createPatient() {
@@ -620,7 +624,7 @@ async function createPatient() {
     el('p', { class: 'ok', role: 'status', text: `${name} is registered (username ${r.username}).` }),
     ...copyBox('fd-new-link', 'Activation link (works once)', url,
       `Give this link to ${name}: it sets their password. It works until ${new Date(r.expires_at).toLocaleString()}.`),
-    el('button', { type: 'button', text: `Book an appointment for ${name}`, onclick: () => { choosePatient(patient); } }));
+    fd.books ? el('button', { type: 'button', text: `Book an appointment for ${name}`, onclick: () => { choosePatient(patient); } }) : null);
   box.hidden = false;
   $('fd-new-form').reset();
 }
