@@ -915,6 +915,7 @@ async fn recovery_codes_work_once_count_down_and_renew_with_the_password() {
     let r = login_rc(&codes[3]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let rc_session = r.body["token"].as_str().unwrap().to_string();
+    assert_eq!(r.body["recovery_codes_remaining"], 9);
     let used = ts
         .expect_audit(AuditAction::MfaRecoveryUsed, &id.to_string(), None)
         .await;
