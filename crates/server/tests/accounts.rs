@@ -547,6 +547,24 @@ async fn changing_the_password_needs_the_current_one_and_ends_the_other_sessions
         )
         .await;
     assert_eq!((r.status, error_code(&r)), (400, "password_common"));
+    // Typing the password again is throttled per account, so a stolen session cannot
+    // guess it: after six wrong ones, even the right one must wait.
+    let change = |current: &str| {
+        ts.req(
+            "POST",
+            "/api/account/password",
+            Some(&here),
+            Some(json!({"current_password": current, "new_password": "slow river, bright stones"})),
+        )
+    };
+    for _ in 0..6 {
+        assert_eq!(change("guess").await.status, 401);
+    }
+    let r = change(&pw).await;
+    assert_eq!((r.status, error_code(&r)), (429, "too_many_attempts"));
+    ts.expect_audit(AuditAction::ReauthFailed, &id.to_string(), Some("throttle"))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert_eq!(
         ts.req("GET", "/api/me", Some(&other), None).await.status,
         200,
@@ -849,6 +867,25 @@ async fn an_admin_resets_a_second_factor_and_the_owner_proves_the_password_and_e
         Some("bad_password"),
     )
     .await;
+    // Holding the link does not allow guessing the password behind it: after six wrong
+    // guesses the link must wait, even for the right one.
+    for _ in 0..5 {
+        let r = complete(
+            &ts,
+            json!({"token": link, "current_password": "another guess"}),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{:?}", r.body);
+    }
+    let r = complete(&ts, json!({"token": link, "current_password": pw})).await;
+    assert_eq!((r.status, error_code(&r)), (429, "too_many_attempts"));
+    ts.expect_audit(
+        AuditAction::ActivationRefused,
+        &id.to_string(),
+        Some("throttle"),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let r = complete(&ts, json!({"token": link, "current_password": pw})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let enrolment = r.body["enrollment_token"].as_str().unwrap().to_string();

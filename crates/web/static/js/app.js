@@ -222,7 +222,7 @@ $('login-form').addEventListener('submit', async (e) => {
     $('login-recovery').value = '';
     if (res && res.mfa_enrollment_required) {
       // Password right, no second factor yet: set it up now, in this page.
-      await showEnrolment(pageContext(), res.enrollment_token, username);
+      await showEnrolment(pageContext(), res.enrollment_token, username, { title: 'Finish setting up your account' });
       return;
     }
     setToken(res.token);

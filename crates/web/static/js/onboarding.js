@@ -238,6 +238,7 @@ function linkProblem(body, e) {
 
 /** `#/activate/<token>`: the whole flow, from the link to a logged-in session. */
 export async function showActivation(ctx, activationToken) {
+  $('activate-title').textContent = 'Activate your account';
   const body = $('activate-body');
   body.replaceChildren(el('p', { text: 'Checking your link…' }));
   showView('activate');
@@ -334,8 +335,9 @@ export function secondFactorFields() {
  * With an enrolment-only session (after activation, or a clinician's login without a
  * second factor): the QR step, then the recovery codes, then the full session.
  */
-export async function showEnrolment(ctx, enrollmentToken, username) {
+export async function showEnrolment(ctx, enrollmentToken, username, { title = null } = {}) {
   ctx.setToken(enrollmentToken);
+  if (title) $('activate-title').textContent = title;
   const body = $('activate-body');
   showView('activate');
   let done;
