@@ -227,8 +227,10 @@ describe('clinic accounts: create, activate, log in, change password, reset', { 
     await doc.locator('#view-appointments').waitFor({ state: 'visible' });
 
     // ---- the admin resets the password; the doctor follows the new link
-    await admin.goto(`${BASE}/#/admin/accounts`);
+    // The list as it is now (the page is still on the accounts panel: reload it).
+    await admin.reload();
     await admin.locator(`tr[data-username="${username}"]`).waitFor();
+    assert.match(await admin.locator(`tr[data-username="${username}"]`).textContent(), /Active/);
     await admin.getByRole('button', { name: `Reset password: ${username}` }).click();
     await admin.locator('.confirm').getByRole('button', { name: 'Reset password' }).click();
     const resetLink = await admin.locator('#activation-result').getByLabel('Activation link').inputValue();

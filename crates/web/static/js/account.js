@@ -264,7 +264,9 @@ export async function renderAccountAdmin(container, ctx) {
         if (!a.disabled) {
           // For an account still waiting, a password reset is simply a new link.
           actions.append(reset('password', a.activation_pending ? 'New activation link' : 'Reset password'));
-          if (a.mfa_enabled || (a.role !== 'patient' && !a.activation_pending)) actions.append(reset('second_factor', 'Reset authenticator'));
+          // A waiting account may have no password for its owner to prove: a new link
+          // (above) is what it needs.
+          if (!a.activation_pending && (a.mfa_enabled || a.role !== 'patient')) actions.append(reset('second_factor', 'Reset authenticator'));
           const d = el('button', { type: 'button', class: 'danger', text: 'Disable', 'aria-label': `Disable ${a.username}` });
           d.addEventListener('click', () => act(d, `/admin/accounts/${a.id}/disable`, undefined, () => {
             result.replaceChildren(el('p', { class: 'ok', role: 'status', text: `${a.username} is disabled and logged out everywhere.` }));
@@ -282,9 +284,9 @@ export async function renderAccountAdmin(container, ctx) {
       }
       tbody.append(el('tr', { 'data-username': a.username },
         el('th', { scope: 'row', text: a.username }),
-        el('td', { text: a.role }),
-        el('td', { text: status }),
-        el('td', { text: a.mfa_enabled ? 'On' : 'Off' }),
+        el('td', { 'data-label': 'Role', text: a.role }),
+        el('td', { 'data-label': 'Status', text: status }),
+        el('td', { 'data-label': 'Authenticator', text: a.mfa_enabled ? 'On' : 'Off' }),
         el('td', {}, actions)));
     }
     table.append(tbody);
