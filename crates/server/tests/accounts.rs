@@ -1165,3 +1165,68 @@ async fn the_command_line_creates_an_account_waiting_for_activation() {
         .await;
     assert_eq!(issued.event.target, Some(a.id.to_string()));
 }
+
+/// The operator's notifier gets each committed link, with the token to deliver; the
+/// link's `Debug` form never shows the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifier_gets_each_link_to_deliver() {
+    use confide_server::confide_signaling::http::activation::{ActivationLink, Notifier};
+    use confide_server::confide_signaling::store::AccountRecord;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Outbox(Mutex<Vec<(AccountId, Option<Vec<u8>>, ActivationLink)>>);
+    #[async_trait::async_trait]
+    impl Notifier for Outbox {
+        async fn notify_activation(&self, account: &AccountRecord, link: &ActivationLink) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((account.id, account.contact.clone(), link.clone()));
+        }
+    }
+
+    let ts = server().await;
+    let outbox = Arc::new(Outbox::default());
+    assert!(ts.running.state.set_notifier(outbox.clone()));
+    let admin = ts.login_demo(Role::Admin).await;
+    let (id, token) = create(&ts, &admin, "drmail", "doctor").await;
+    let r = ts
+        .req(
+            "POST",
+            &format!(
+                "/api/admin/accounts/{}/reset",
+                ts.demo.account(Role::Patient).unwrap().id.0
+            ),
+            Some(&admin),
+            Some(json!({"what": "password"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let sent = outbox.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    let (account, contact, link) = &sent[0];
+    assert_eq!((*account, link.token.as_str()), (id, token.as_str()));
+    assert_eq!(link.path(), format!("/#/activate/{token}"));
+    // The contact details reach the notifier sealed, for it to open with the keyring.
+    let contact = ts
+        .running
+        .state
+        .keyring
+        .open_string(
+            confide_server::confide_signaling::crypto::ctx::CONTACT,
+            contact.as_ref().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(contact, "x@clinic.example");
+    assert_eq!(
+        sent[1].2.token,
+        r.body["activation_token"].as_str().unwrap(),
+        "the reset's link"
+    );
+    assert!(
+        !format!("{link:?}").contains(&token),
+        "Debug hides the token"
+    );
+}
