@@ -1174,8 +1174,10 @@ async fn the_notifier_gets_each_link_to_deliver() {
     use confide_server::confide_signaling::store::AccountRecord;
     use std::sync::{Arc, Mutex};
 
+    /// One delivery: the account, its sealed contact, the link.
+    type Sent = (AccountId, Option<Vec<u8>>, ActivationLink);
     #[derive(Default)]
-    struct Outbox(Mutex<Vec<(AccountId, Option<Vec<u8>>, ActivationLink)>>);
+    struct Outbox(Mutex<Vec<Sent>>);
     #[async_trait::async_trait]
     impl Notifier for Outbox {
         async fn notify_activation(&self, account: &AccountRecord, link: &ActivationLink) {
