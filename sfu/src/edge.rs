@@ -234,7 +234,7 @@ impl Sfu {
             let worker = Worker {
                 socket,
                 state,
-                local,
+                candidate,
                 wake: wake_rx,
                 control: control_rx,
                 events: events_tx.clone(),
@@ -389,7 +389,11 @@ fn now() -> Instant {
 struct Worker {
     socket: UdpSocket,
     state: UdpSocketState,
-    local: SocketAddr,
+    /// The address the ICE agent knows as its host candidate (the advertised one), given
+    /// as every packet's destination: the agent answers only checks sent to one of its
+    /// candidates, and a socket bound to the wildcard or behind a 1:1 NAT has another
+    /// address of its own.
+    candidate: SocketAddr,
     wake: UdpSocket,
     control: mpsc::Receiver<Control>,
     events: mpsc::Sender<SfuEvent>,
@@ -465,7 +469,7 @@ impl Worker {
                     let slot = &recv_buf[i * RECV_SLOT..i * RECV_SLOT + meta.len];
                     let stride = meta.stride.max(1);
                     for seg in slot.chunks(stride) {
-                        self.core.handle_receive(t, meta.addr, self.local, seg);
+                        self.core.handle_receive(t, meta.addr, self.candidate, seg);
                     }
                 }
                 if n < BATCH {

@@ -73,6 +73,34 @@ fn udp_two_party_e2ee_through_worker_threads() {
     assert!(total.datagrams_out > 0);
 }
 
+/// Bound to every address with the advertised one given, as an SFU behind a 1:1 NAT or
+/// on a host with several interfaces runs: clients reach it through the advertised
+/// address, and its ICE checks are answered (the agent must be told the packet came to
+/// the advertised candidate, not to the wildcard socket).
+#[test]
+fn udp_bound_to_every_address_answers_on_the_advertised_one() {
+    let mut cfg = config(1);
+    cfg.bind_ip = std::net::Ipv4Addr::UNSPECIFIED.into();
+    cfg.public_ip = Some(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut rig = Rig::start(cfg, RoomId(43));
+    let mut keys = e2ee_keys(2);
+    let a = rig.join(ParticipantId(1));
+    let b = rig.join(ParticipantId(2));
+    rig.wait_tracks(a, 2);
+    rig.wait_tracks(b, 2);
+    let (video, audio) = frames_for(1, 6);
+    let (sv, sa) = seal_all(&mut keys[0].0, &video, &audio);
+    rig.send_frames(a, &sv, &sa, |_| {});
+    rig.run_until(Duration::from_secs(5), |r| {
+        r.received(b, Kind::Video, "confide-1").len() == sv.len()
+    });
+    let rv = rig.received(b, Kind::Video, "confide-1");
+    assert_eq!(
+        open_all(&mut keys[1].1, "confide-1", Kind::Video, &rv),
+        video
+    );
+}
+
 #[test]
 fn udp_three_party() {
     let mut rig = Rig::start(config(1), RoomId(3));
