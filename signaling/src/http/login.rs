@@ -285,6 +285,11 @@ pub async fn login(
         return Err(ApiError::InvalidCredentials);
     };
     if account.activation_pending {
+        if pw_ok {
+            // The right password is no guess: its charge is given back.
+            refund(&state, true);
+            settle(true).await?;
+        }
         state
             .audit(fail("activation_pending", AuditAction::LoginFailed))
             .await?;
