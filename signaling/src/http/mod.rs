@@ -397,6 +397,7 @@ mod op_metrics {
             AuditAction::LoginFailed => (AUTH_FAILURES, "login"),
             AuditAction::LoginThrottled => (AUTH_FAILURES, "throttled"),
             AuditAction::MfaFailed => (AUTH_FAILURES, "mfa"),
+            AuditAction::ReauthFailed => (AUTH_FAILURES, "reauth"),
             AuditAction::WsAuthFailed => (AUTH_FAILURES, "websocket"),
             AuditAction::Logout => (TOKEN_REVOCATIONS, "logout"),
             AuditAction::SessionExpired => (TOKEN_REVOCATIONS, "expired"),
