@@ -246,8 +246,12 @@ describe('front desk: patients, booking, the schedule and the waiting room', { t
     // Staff see both in the call now, the doctor in.
     const s = pages.staff;
     const room = s.locator(`#fd-rooms-list li[data-appointment="${made.appointment}"]`);
-    await waitFor(async () => /in the consultation/.test(await room.innerText()), { timeout: 15000, what: 'the doctor shown in' });
-    assert.match(await room.innerText(), new RegExp(`In the call: ${made.patientName}`));
+    // The list is polled: wait for the poll after the admission (the doctor was shown
+    // in before it, while the patient still waited).
+    const inCall = new RegExp(`In the call: ${made.patientName}`);
+    await waitFor(async () => inCall.test(await room.innerText()), { timeout: 15000, what: 'the patient shown in the call' });
+    assert.match(await room.innerText(), /in the consultation/);
+    assert.doesNotMatch(await room.innerText(), /Waiting:/);
     await s.screenshot({ path: path.join(OUT, 'clinic-frontdesk-in-call.png'), fullPage: true });
     // The doctor ends it (and confirms); the waiting room empties.
     d.once('dialog', (dialog) => dialog.accept());
