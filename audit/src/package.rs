@@ -216,6 +216,13 @@ impl<'w, W: Write> PackageWriter<'w, W> {
         })
     }
 
+    /// The output written so far, for a caller that passes it on in pieces
+    /// (`AuditStore::export_with` with the `store` feature): anything taken out of it stays
+    /// written as far as the package is concerned.
+    pub fn sink_mut(&mut self) -> &mut W {
+        self.out
+    }
+
     /// The sequence number due next.
     pub fn expected(&self) -> u64 {
         self.expected

@@ -68,6 +68,10 @@ pub struct EntryFilter {
     pub patient: Option<String>,
     /// Outcome.
     pub outcome: Option<Outcome>,
+    /// Earliest entry time (inclusive).
+    pub since: Option<Timestamp>,
+    /// Latest entry time (exclusive).
+    pub until: Option<Timestamp>,
     /// Smallest sequence number returned.
     pub from: u64,
     /// Most entries returned (clamped to 1..=[`MAX_QUERY`]).
@@ -383,6 +387,7 @@ impl AuditStore {
              WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
                AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR patient = $4) \
                AND ($5 IS NULL OR outcome = $5) AND seq >= $6 \
+               AND ($8 IS NULL OR at >= $8) AND ($9 IS NULL OR at < $9) \
              ORDER BY seq LIMIT $7"
         );
         let rows = sqlx::query(&q)
@@ -393,6 +398,8 @@ impl AuditStore {
             .bind(filter.outcome.map(|o| o.as_str()))
             .bind(to_i64(filter.from)?)
             .bind(to_i64(filter.limit.clamp(1, MAX_QUERY))?)
+            .bind(filter.since.map(|t| t.unix_millis()))
+            .bind(filter.until.map(|t| t.unix_millis()))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -433,6 +440,30 @@ impl AuditStore {
             .await
             .map_err(db)?;
         to_u64(r.try_get::<i64, _>(0).map_err(db)?, "size")
+    }
+
+    /// The entries recorded in `[since, until)` as one run of sequence numbers
+    /// `[first, end)`: from the first entry at or after `since` to the last before
+    /// `until`. An entry's time is when its action happened, so a few entries near the
+    /// edges can lie just outside the period; a package must be a contiguous run to
+    /// be provable. `None` when no entry falls in the period.
+    pub async fn seq_range_between(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<(u64, u64)>, Error> {
+        let r = sqlx::query("SELECT MIN(seq), MAX(seq) FROM audit_log WHERE at >= $1 AND at < $2")
+            .bind(since.unix_millis())
+            .bind(until.unix_millis())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let first: Option<i64> = r.try_get(0).map_err(db)?;
+        let last: Option<i64> = r.try_get(1).map_err(db)?;
+        match (first, last) {
+            (Some(f), Some(l)) => Ok(Some((to_u64(f, "seq")?, to_u64(l, "seq")? + 1))),
+            _ => Ok(None),
+        }
     }
 
     /// Every stored checkpoint, smallest first, each parsed and its signature checked.
@@ -709,6 +740,28 @@ impl AuditStore {
         from: u64,
         to: u64,
     ) -> Result<PackageReport, Error> {
+        self.export_with(out, key, from, to, |_: &mut W| std::future::ready(Ok(())))
+            .await
+    }
+
+    /// [`AuditStore::export`] that hands the output to `flush` after the header and
+    /// after every batch of entries, so that a caller writing into a buffer can send
+    /// the package on while it is being made (an HTTP download) instead of holding all
+    /// of it: `flush` takes what it wants out of the buffer at once and returns a
+    /// future that delivers it, which the export awaits before it goes on.
+    pub async fn export_with<W, F, Fut>(
+        &self,
+        out: &mut W,
+        key: &LogPublicKey,
+        from: u64,
+        to: u64,
+        mut flush: F,
+    ) -> Result<PackageReport, Error>
+    where
+        W: Write,
+        F: FnMut(&mut W) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
         let cps = self.checkpoints(key).await?;
         let start = cps.iter().rev().find(|c| c.checkpoint.size <= from);
         let end = cps
@@ -728,6 +781,7 @@ impl AuditStore {
             None => Vec::new(),
         };
         let mut w = PackageWriter::start(out, key, from, to, start, end, proof)?;
+        flush(w.sink_mut()).await?;
         let mut map = NodeMap::new(end_size);
         while w.expected() < to {
             let want = (to - w.expected()).min(BATCH);
@@ -757,6 +811,7 @@ impl AuditStore {
                     .path;
                 w.write_entry(row.entry, path)?;
             }
+            flush(w.sink_mut()).await?;
         }
         w.finish()
     }

@@ -28,7 +28,7 @@ browser_setup
 
 log "seeding the demo clinic"
 "$bin" demo --json > "$work/demo.json"
-other_password="other-patient-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+other_password="second patient $(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 CONFIDE_NEW_PASSWORD="$other_password" "$bin" admin create-account \
     --username other-patient --role patient --display-name "Other Patient" >/dev/null
 # The second patient is not part of the demo appointment: add it to the test's data.

@@ -83,6 +83,20 @@ actions! {
     BreakGlassRefused => "break_glass_refused",
     BreakGlassAccess => "break_glass_access",
     KeyRotated => "key_rotated",
+    // Front desk and administration (docs/protocol.md, "Front desk").
+    AppointmentMoved => "appointment_moved",
+    AppointmentCancelled => "appointment_cancelled",
+    AppointmentChangeRefused => "appointment_change_refused",
+    WaitingRoomsViewed => "waiting_rooms_viewed",
+    PatientSearched => "patient_searched",
+    PatientCreated => "patient_created",
+    AuditVerified => "audit_verified",
+    AuditExported => "audit_exported",
+    AuditReportRead => "audit_report_read",
+    SessionsListed => "sessions_listed",
+    BreakGlassReviewed => "break_glass_reviewed",
+    SettingsRead => "settings_read",
+    DoctorsListed => "doctors_listed",
     // Key directory: target `device:<id>`, detail `ed25519:<base64 key>`. Clients
     // verify these entries (confide_mls::transparency), so the strings are fixed.
     DeviceRegistered => "device_registered",
@@ -226,7 +240,16 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     pub action: Option<AuditAction>,
     pub target: Option<String>,
+    /// The patient the entry names (`account:9`).
+    #[serde(default)]
+    pub patient: Option<String>,
     pub outcome: Option<Outcome>,
+    /// Entries at or after this time.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+    /// Entries before this time.
+    #[serde(default)]
+    pub until: Option<Timestamp>,
     pub after: Option<AuditSeq>,
     pub limit: Option<i64>,
 }

@@ -592,6 +592,18 @@ mod tests {
     }
 
     #[test]
+    fn the_enrolment_qr_code_is_a_self_contained_svg() {
+        let s = TotpSecret::generate(&mut OsRng);
+        let svg = s.qr_svg("Confide", "drsmith").unwrap();
+        assert!(svg.starts_with("<?xml") && svg.ends_with("</svg>"), "{svg}");
+        // Nothing to fetch: no links, no scripts, no external references.
+        assert!(!svg.contains("href") && !svg.contains("<script"));
+        assert!(svg.contains("<path fill=\"#000\" d=\"M"));
+        // A URL too long for any QR code is refused, not truncated.
+        assert!(s.qr_svg(&"x".repeat(5000), "drsmith").is_none());
+    }
+
+    #[test]
     fn totp_matches_rfc6238_sha1_vector() {
         // RFC 6238 Appendix B, SHA1 secret "12345678901234567890", T = 59 -> 94287082
         // (8 digits); with 6 digits the code is the last six.

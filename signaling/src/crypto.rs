@@ -220,6 +220,45 @@ impl Keyring {
         let b = self.open(context, sealed)?;
         String::from_utf8(b.to_vec()).map_err(|_| CryptoError::Malformed)
     }
+
+    /// The blind-index MAC of `term` ([`crate::blind_index`]) under the active data
+    /// key's index key: what is stored for a record, with the key id it was made
+    /// under.
+    pub fn blind_index(&self, term: &[u8]) -> (u32, [u8; 32]) {
+        let key = self.keys.get(&self.active);
+        (
+            self.active,
+            key.map(|k| index_mac(k, term)).unwrap_or([0; 32]),
+        )
+    }
+
+    /// The blind-index MAC of `term` under every data key held: what a search looks
+    /// up, so that records indexed under an older key are still found while a data key
+    /// rotation is re-indexing them.
+    pub fn blind_index_all(&self, term: &[u8]) -> Vec<(u32, [u8; 32])> {
+        self.keys
+            .values()
+            .map(|k| (k.id, index_mac(k, term)))
+            .collect()
+    }
+}
+
+/// HMAC-SHA256 of `term` under the index key of data key `k`: HKDF-SHA256 of the data
+/// key with its own label, so the index key is never the sealing key and is never
+/// stored anywhere. A data key rotation therefore changes every MAC, and the rotation
+/// rebuilds the index (`store::keys::rotate_data_key`).
+fn index_mac(k: &DataKey, term: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut index_key = Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<sha2::Sha256>::new(None, &k.key[..])
+        .expand(b"confide/v1 patient blind index", &mut index_key[..])
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit.
+        .expect("a 32-byte HKDF output");
+    // HMAC takes keys of any length.
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&index_key[..])
+        .expect("HMAC accepts any key length");
+    mac.update(term);
+    mac.finalize().into_bytes().into()
 }
 
 /// Column contexts, bound into each sealed value's AAD.
@@ -229,6 +268,7 @@ pub mod ctx {
     pub const TOTP_SECRET: &str = "accounts.totp_secret";
     pub const REASON: &str = "appointments.reason";
     pub const INVITE_LABEL: &str = "invites.label";
+    pub const DATE_OF_BIRTH: &str = "accounts.date_of_birth";
 }
 
 #[cfg(test)]
@@ -265,6 +305,32 @@ mod tests {
         let hex = m.to_hex();
         assert!(MasterKey::parse(&hex).is_ok());
         assert!(MasterKey::parse("abcd").is_err());
+    }
+
+    #[test]
+    fn blind_index_is_keyed_deterministic_and_per_key() {
+        let one = DataKey::generate(1, &mut OsRng);
+        let same = DataKey {
+            id: 1,
+            key: one.key.clone(),
+        };
+        let ring = Keyring::new(one);
+        let (id, a) = ring.blind_index(b"name\0zoe");
+        assert_eq!(id, 1);
+        // Deterministic under one key (that is what makes it searchable) ...
+        assert_eq!(Keyring::new(same).blind_index(b"name\0zoe").1, a);
+        assert_ne!(ring.blind_index(b"name\0zoey").1, a);
+        // ... but another key gives another MAC, and neither is the plain hash.
+        let mut rotated = Keyring::new(DataKey::generate(2, &mut OsRng));
+        let (id2, b) = rotated.blind_index(b"name\0zoe");
+        assert_eq!(id2, 2);
+        assert_ne!(a, b);
+        use sha2::Digest;
+        let plain: [u8; 32] = sha2::Sha256::digest(b"name\0zoe").into();
+        assert_ne!(a, plain);
+        // A keyring mid-rotation looks up under both keys.
+        rotated.add(DataKey::generate(1, &mut OsRng));
+        assert_eq!(rotated.blind_index_all(b"name\0zoe").len(), 2);
     }
 
     #[test]

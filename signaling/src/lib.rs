@@ -4,7 +4,8 @@
 //! Layering (see docs/architecture.md):
 //! - sans-IO core, no tokio/axum/sqlx: [`proto`], [`room`], [`auth`], [`crypto`],
 //!   [`model`], [`password`] (the rules for a new password), [`policy`] (who may act on an appointment), [`media`] (the trait only), [`audit`] (types only), [`mls_frame`]
-//!   (the public MLS framing the delivery service orders commits by);
+//!   (the public MLS framing the delivery service orders commits by), [`blind_index`]
+//!   (the search terms of a patient's name and date of birth);
 //! - edge: [`store`] (sqlx), [`http`] (axum router, WebSocket handler), [`p2p`]
 //!   (the stand-in media plane used until the SFU is wired).
 //!
@@ -13,6 +14,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod blind_index;
 pub mod crypto;
 pub mod http;
 pub mod media;

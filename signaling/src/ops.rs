@@ -10,7 +10,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{TotpSecret, hash_password};
 use crate::crypto::{Keyring, ctx};
 use crate::model::{AccountId, AppointmentId, Role, Timestamp};
-use crate::store::{NewAccount, NewAppointment, Store, StoreError};
+use crate::store::{AppointmentQuery, NewAccount, NewAppointment, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -133,7 +133,14 @@ pub struct DemoAccount {
     pub totp_secret: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otpauth_url: Option<String>,
+    /// The demo patient's date of birth (`YYYY-MM-DD`), for trying the front desk's
+    /// search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_of_birth: Option<String>,
 }
+
+/// The demo patient's date of birth.
+pub const DEMO_PATIENT_DOB: &str = "1980-04-12";
 
 /// Everything a person or a test needs to use the demo clinic. Demo only: it
 /// contains passwords and TOTP secrets.
@@ -331,6 +338,24 @@ pub async fn seed_demo(
         } else {
             None
         };
+        let date_of_birth = if role == Role::Patient {
+            if store.date_of_birth(id).await?.is_none() {
+                let dob = crate::blind_index::DateOfBirth::parse(DEMO_PATIENT_DOB)
+                    .ok_or(OpsError::Invalid("demo date of birth"))?;
+                let (key, macs) = crate::store::keys::patient_index_macs(keyring, name, Some(dob));
+                let mut tx = store.begin().await?;
+                tx.set_date_of_birth(
+                    id,
+                    keyring.seal(ctx::DATE_OF_BIRTH, dob.to_string().as_bytes(), &mut OsRng),
+                )
+                .await?;
+                tx.replace_patient_index(id, key, macs).await?;
+                tx.commit().await?;
+            }
+            Some(DEMO_PATIENT_DOB.to_owned())
+        } else {
+            None
+        };
         accounts.push(DemoAccount {
             username: username.into(),
             password: password.into(),
@@ -341,6 +366,7 @@ pub async fn seed_demo(
                 .as_ref()
                 .map(|s| s.otpauth_url("Confide demo", username)),
             totp_secret: secret.as_ref().map(|s| s.base32()),
+            date_of_birth,
         });
     }
     let doctor = accounts[0].id;
@@ -383,4 +409,42 @@ pub async fn consent_demo_patient(
             .await?;
     }
     Ok(())
+}
+
+/// The per-patient access report: every account whose entries touched patient
+/// `patient`'s records (entries naming the patient with an appointment or
+/// consultation target, or targeting one of the patient's appointments or the
+/// patient's account itself: found at the front desk, created, the trail read) in
+/// `[from, to)`. Returns how many appointments the patient has on
+/// record, and the report. `confide audit report` and the administration page
+/// (`GET /api/admin/audit/report`) both make it here.
+pub async fn patient_access_report(
+    store: &dyn Store,
+    patient: AccountId,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(usize, Vec<confide_audit::AccessRecord>), StoreError> {
+    let appointments = store
+        .list_appointments(AppointmentQuery {
+            patient: Some(patient),
+            ..Default::default()
+        })
+        .await?;
+    let mut targets: std::collections::BTreeSet<String> =
+        appointments.iter().map(|a| a.id.to_string()).collect();
+    targets.insert(patient.to_string());
+    let rows = store
+        .access_report(&patient.to_string(), &targets, from, to)
+        .await?;
+    Ok((appointments.len(), rows))
+}
+
+/// One line of the access report as JSON (`confide audit report --json` prints these;
+/// the administration page receives a list of them).
+pub fn access_record_json(r: &confide_audit::AccessRecord) -> serde_json::Value {
+    serde_json::json!({
+        "actor": r.actor, "role": r.role, "first": r.first.to_string(),
+        "last": r.last.to_string(), "count": r.count, "refused": r.refused,
+        "actions": r.actions, "targets": r.targets, "seqs": r.seqs,
+    })
 }

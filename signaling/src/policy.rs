@@ -187,6 +187,123 @@ pub fn check_booking(s: Subject<'_>, b: BookingRequest<'_>) -> Result<(), Bookin
     Ok(())
 }
 
+/// Shortest and longest appointment, in minutes.
+pub const DURATION_MIN_MINUTES: i64 = 5;
+pub const DURATION_MAX_MINUTES: i64 = 480;
+/// Longest appointment reason, in bytes.
+pub const REASON_MAX_BYTES: usize = 2000;
+/// Longest period one schedule read covers.
+pub const SCHEDULE_MAX_DAYS: i64 = 31;
+
+/// A change to a booked appointment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Another time, length or doctor. The new doctor and patient go through
+    /// [`check_booking`] as well, so moving never gets round the booking policy.
+    Move,
+    /// Call it off.
+    Cancel,
+}
+
+/// Why a change was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeRefusal {
+    /// No such appointment, or not the subject's (a doctor's other doctors'
+    /// appointments): one answer, as for [`Refusal::NotYours`].
+    #[error("not_yours")]
+    NotYours,
+    /// Patients, guests and admins do not change appointments.
+    #[error("role")]
+    WrongRole,
+    /// Ended or cancelled already.
+    #[error("ended")]
+    Ended,
+    /// Its start time has passed: what happened stays on record as it was.
+    #[error("started")]
+    Started,
+    /// Someone is in its waiting room or call right now.
+    #[error("in_progress")]
+    InProgress,
+}
+
+/// May `s` make `change` to `a` (`None`: no such appointment) at `now`? `live` says
+/// whether anyone is connected to its consultation. Scheduling staff change any
+/// appointment, a doctor only their own; only booked appointments that have not
+/// started and have nobody waiting or in the call.
+pub fn check_change(
+    s: Subject<'_>,
+    _change: Change,
+    a: Option<&AppointmentFacts>,
+    now: Timestamp,
+    live: bool,
+) -> Result<Relation, ChangeRefusal> {
+    // Moving and cancelling follow one rule today; the kind is passed so that a rule
+    // that tells them apart changes here only.
+    if !matches!(s.role, Role::Staff | Role::Doctor) {
+        return Err(ChangeRefusal::WrongRole);
+    }
+    let a = a.ok_or(ChangeRefusal::NotYours)?;
+    let rel = match relation(s, a) {
+        Some(r @ (Relation::Staff | Relation::Doctor)) => r,
+        _ => return Err(ChangeRefusal::NotYours),
+    };
+    if a.status != AppointmentStatus::Booked {
+        return Err(ChangeRefusal::Ended);
+    }
+    if live {
+        return Err(ChangeRefusal::InProgress);
+    }
+    if now >= a.start {
+        return Err(ChangeRefusal::Started);
+    }
+    Ok(rel)
+}
+
+/// Which appointments a subject's schedule (and waiting-room overview) shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleScope {
+    /// The whole clinic: scheduling staff and admins.
+    Clinic,
+    /// One doctor's own appointments.
+    Doctor(AccountId),
+}
+
+/// Whose schedule `s` may read: staff and admins the clinic's, a doctor their own;
+/// patients and guests none (they have `GET /api/appointments`).
+pub fn schedule_scope(s: Subject<'_>) -> Result<ScheduleScope, Refusal> {
+    match (s.principal, s.role) {
+        (Principal::Account(_), Role::Staff | Role::Admin) => Ok(ScheduleScope::Clinic),
+        (Principal::Account(me), Role::Doctor) => Ok(ScheduleScope::Doctor(*me)),
+        _ => Err(Refusal::WrongRole),
+    }
+}
+
+/// Whether what a schedule scope shows includes appointment `a`.
+pub fn in_scope(scope: ScheduleScope, a: &AppointmentFacts) -> bool {
+    match scope {
+        ScheduleScope::Clinic => true,
+        ScheduleScope::Doctor(d) => a.doctor == d,
+    }
+}
+
+/// May `s` look patients up in the register and create patient accounts? Scheduling
+/// staff and admins only. Doctors are refused on purpose: the booking policy never
+/// tells a doctor whether an id is a patient, and a search of the whole register
+/// would; a doctor finds their patients on their own schedule.
+pub fn check_patient_register(s: Subject<'_>) -> Result<(), Refusal> {
+    match (s.principal, s.role) {
+        (Principal::Account(_), Role::Staff | Role::Admin) => Ok(()),
+        _ => Err(Refusal::WrongRole),
+    }
+}
+
+/// Whether the appointment's own data (its `reason`) may be shown to `s`: only to its
+/// doctor. Staff book with a reason but do not read it back; admins read clinical
+/// data only through break-glass.
+pub fn sees_reason(s: Subject<'_>, a: &AppointmentFacts) -> bool {
+    matches!(relation(s, a), Some(Relation::Doctor))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +636,206 @@ mod tests {
                     "{role:?}"
                 );
             }
+        }
+    }
+
+    mod changes {
+        use super::super::*;
+        use super::{ADMIN, APPT, DOCTOR, OTHER_DOCTOR, PATIENT, STAFF, appt};
+        use crate::model::InviteId;
+        use ChangeRefusal as C;
+
+        const BEFORE: i64 = 9_000;
+
+        fn at(secs: i64) -> Timestamp {
+            Timestamp::from_secs(secs)
+        }
+
+        #[test]
+        fn who_may_move_or_cancel_a_booked_appointment_before_it_starts() {
+            let a = appt(AppointmentStatus::Booked);
+            let g = Principal::Guest(InviteId(1));
+            let cases = [
+                (
+                    "staff",
+                    Principal::Account(STAFF),
+                    Role::Staff,
+                    None,
+                    Ok(Relation::Staff),
+                ),
+                (
+                    "its doctor",
+                    Principal::Account(DOCTOR),
+                    Role::Doctor,
+                    None,
+                    Ok(Relation::Doctor),
+                ),
+                (
+                    "another doctor",
+                    Principal::Account(OTHER_DOCTOR),
+                    Role::Doctor,
+                    None,
+                    Err(C::NotYours),
+                ),
+                (
+                    "its patient",
+                    Principal::Account(PATIENT),
+                    Role::Patient,
+                    None,
+                    Err(C::WrongRole),
+                ),
+                (
+                    "admin",
+                    Principal::Account(ADMIN),
+                    Role::Admin,
+                    None,
+                    Err(C::WrongRole),
+                ),
+                ("its guest", g, Role::Guest, Some(APPT), Err(C::WrongRole)),
+            ];
+            for change in [Change::Move, Change::Cancel] {
+                for (name, p, role, scope, want) in &cases {
+                    let s = Subject {
+                        principal: p,
+                        role: *role,
+                        scope: *scope,
+                    };
+                    assert_eq!(
+                        check_change(s, change, Some(&a), at(BEFORE), false),
+                        *want,
+                        "{name} {change:?}"
+                    );
+                    // An unknown appointment looks like someone else's to those who may change some.
+                    let unknown = check_change(s, change, None, at(BEFORE), false);
+                    let want_unknown = if want.is_ok() {
+                        Err(C::NotYours)
+                    } else {
+                        *want
+                    };
+                    assert_eq!(unknown, want_unknown, "{name} unknown");
+                }
+            }
+        }
+
+        #[test]
+        fn ended_started_and_live_appointments_stay_as_they_are() {
+            let st = Principal::Account(STAFF);
+            let s = Subject {
+                principal: &st,
+                role: Role::Staff,
+                scope: None,
+            };
+            for status in [AppointmentStatus::Ended, AppointmentStatus::Cancelled] {
+                let a = appt(status);
+                assert_eq!(
+                    check_change(s, Change::Cancel, Some(&a), at(BEFORE), false),
+                    Err(C::Ended)
+                );
+                assert_eq!(
+                    check_change(s, Change::Move, Some(&a), at(BEFORE), false),
+                    Err(C::Ended)
+                );
+            }
+            let a = appt(AppointmentStatus::Booked);
+            assert_eq!(
+                check_change(s, Change::Move, Some(&a), at(10_000), false),
+                Err(C::Started)
+            );
+            assert_eq!(
+                check_change(s, Change::Cancel, Some(&a), at(20_000), false),
+                Err(C::Started)
+            );
+            assert_eq!(
+                check_change(s, Change::Cancel, Some(&a), at(BEFORE), true),
+                Err(C::InProgress)
+            );
+            assert_eq!(
+                check_change(s, Change::Cancel, Some(&a), at(9_999), false),
+                Ok(Relation::Staff)
+            );
+            // Another doctor learns nothing about the state of someone else's appointment.
+            let other = Principal::Account(OTHER_DOCTOR);
+            let o = Subject {
+                principal: &other,
+                role: Role::Doctor,
+                scope: None,
+            };
+            let ended = appt(AppointmentStatus::Ended);
+            assert_eq!(
+                check_change(o, Change::Cancel, Some(&ended), at(BEFORE), true),
+                Err(C::NotYours)
+            );
+        }
+
+        #[test]
+        fn schedules_reasons_and_the_patient_register_by_role() {
+            let a = appt(AppointmentStatus::Booked);
+            let g = Principal::Guest(InviteId(1));
+            let rows = [
+                (
+                    Principal::Account(STAFF),
+                    Role::Staff,
+                    Ok(ScheduleScope::Clinic),
+                    Ok(()),
+                    false,
+                ),
+                (
+                    Principal::Account(ADMIN),
+                    Role::Admin,
+                    Ok(ScheduleScope::Clinic),
+                    Ok(()),
+                    false,
+                ),
+                (
+                    Principal::Account(DOCTOR),
+                    Role::Doctor,
+                    Ok(ScheduleScope::Doctor(DOCTOR)),
+                    Err(Refusal::WrongRole),
+                    true,
+                ),
+                (
+                    Principal::Account(OTHER_DOCTOR),
+                    Role::Doctor,
+                    Ok(ScheduleScope::Doctor(OTHER_DOCTOR)),
+                    Err(Refusal::WrongRole),
+                    false,
+                ),
+                (
+                    Principal::Account(PATIENT),
+                    Role::Patient,
+                    Err(Refusal::WrongRole),
+                    Err(Refusal::WrongRole),
+                    false,
+                ),
+                (
+                    g.clone(),
+                    Role::Guest,
+                    Err(Refusal::WrongRole),
+                    Err(Refusal::WrongRole),
+                    false,
+                ),
+                // A guest principal claiming a staff role is nobody.
+                (
+                    g,
+                    Role::Staff,
+                    Err(Refusal::WrongRole),
+                    Err(Refusal::WrongRole),
+                    false,
+                ),
+            ];
+            for (p, role, scope, register, reason) in rows {
+                let s = Subject {
+                    principal: &p,
+                    role,
+                    scope: None,
+                };
+                assert_eq!(schedule_scope(s), scope, "{role:?}");
+                assert_eq!(check_patient_register(s), register, "{role:?}");
+                assert_eq!(sees_reason(s, &a), reason, "{role:?}");
+            }
+            assert!(in_scope(ScheduleScope::Clinic, &a));
+            assert!(in_scope(ScheduleScope::Doctor(DOCTOR), &a));
+            assert!(!in_scope(ScheduleScope::Doctor(OTHER_DOCTOR), &a));
         }
     }
 }

@@ -30,6 +30,20 @@ struct Member {
     info: ParticipantInfo,
     principal: Principal,
     state: MemberState,
+    /// When this connection joined (entered the waiting room, or the call for the
+    /// doctor).
+    since: Timestamp,
+}
+
+/// Who is in a consultation right now, for the front desk's overview: no ids beyond
+/// the principal, no device, nothing about keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub principal: Principal,
+    pub role: Role,
+    pub label: String,
+    pub state: MemberState,
+    pub since: Timestamp,
 }
 
 /// Someone the edge has already checked may join this consultation.
@@ -243,6 +257,22 @@ impl Consultation {
     pub fn mls(&self) -> Option<&MlsGroup> {
         self.mls.as_ref()
     }
+    /// Everyone connected, waiting or admitted, in joining order.
+    pub fn presence(&self) -> Vec<Presence> {
+        let mut out: Vec<Presence> = self
+            .members
+            .values()
+            .map(|m| Presence {
+                principal: m.principal.clone(),
+                role: m.info.role,
+                label: m.info.label.clone(),
+                state: m.state,
+                since: m.since,
+            })
+            .collect();
+        out.sort_by_key(|p| p.since);
+        out
+    }
     pub fn has_principal(&self, p: &Principal) -> bool {
         self.members.values().any(|m| &m.principal == p)
     }
@@ -388,6 +418,7 @@ impl Consultation {
                 },
                 principal: joiner.principal,
                 state: MemberState::Waiting,
+                since: now,
             },
         );
         if is_doctor {

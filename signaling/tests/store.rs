@@ -516,6 +516,217 @@ async fn account_lifecycle(store: &SqlStore, doc: AccountId, pat: AccountId) {
     assert!(!store.account(doc).await.unwrap().unwrap().disabled);
 }
 
+/// The front desk's reads and writes: appointments by period, moving and cancelling
+/// only booked ones, the patient search index (all terms must match, per key id,
+/// rebuilt and dropped by key), a person's live sessions, break-glass grants newest
+/// first.
+async fn front_desk(store: &SqlStore) {
+    let doc = store
+        .create_account(account("fd-doc", Role::Doctor))
+        .await
+        .unwrap();
+    let pat = store
+        .create_account(account("fd-pat", Role::Patient))
+        .await
+        .unwrap();
+    let admin = store
+        .create_account(account("fd-admin", Role::Admin))
+        .await
+        .unwrap();
+    let book = |start: Timestamp, minutes: i64| NewAppointment {
+        doctor: doc,
+        patient: Some(pat),
+        start,
+        duration_s: minutes * 60,
+        reason: None,
+        created_by: doc,
+        created_at: T,
+    };
+    let first = store
+        .create_appointment(book(T.plus_secs(3600), 30))
+        .await
+        .unwrap();
+    let second = store
+        .create_appointment(book(T.plus_secs(3 * 3600), 30))
+        .await
+        .unwrap();
+    let between = |from: i64, to: i64| AppointmentQuery {
+        doctor: Some(doc),
+        from: Some(T.plus_secs(from)),
+        to: Some(T.plus_secs(to)),
+        ..Default::default()
+    };
+    let ids = |v: Vec<Appointment>| v.iter().map(|a| a.id).collect::<Vec<_>>();
+    // Overlap: one that started before the period and ends in it counts; one that
+    // ends exactly when the period starts does not; nor one that starts at its end.
+    for (from, to, want) in [
+        (3600 + 600, 2 * 3600, vec![first]),
+        (3600 + 1800, 3 * 3600, vec![]),
+        (0, 3600, vec![]),
+        (0, 4 * 3600, vec![first, second]),
+    ] {
+        assert_eq!(
+            ids(store.list_appointments(between(from, to)).await.unwrap()),
+            want,
+            "{from}..{to}"
+        );
+    }
+
+    // Move and cancel change booked appointments only.
+    let change = AppointmentChange {
+        doctor: doc,
+        start: T.plus_secs(5 * 3600),
+        duration_s: 900,
+    };
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.move_appointment(first, change).await.unwrap());
+    assert!(tx.cancel_appointment(second).await.unwrap());
+    assert!(!tx.cancel_appointment(second).await.unwrap(), "once");
+    assert!(!tx.move_appointment(second, change).await.unwrap());
+    assert!(
+        !tx.move_appointment(AppointmentId(987_654), change)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    let a = store.appointment(first).await.unwrap().unwrap();
+    assert_eq!((a.start, a.duration_s), (T.plus_secs(5 * 3600), 900));
+    let b = store.appointment(second).await.unwrap().unwrap();
+    assert_eq!(b.status, AppointmentStatus::Cancelled);
+    // Dropping a transaction rolls the move back.
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.move_appointment(
+            first,
+            AppointmentChange {
+                duration_s: 60,
+                ..change
+            }
+        )
+        .await
+        .unwrap()
+    );
+    drop(tx);
+    assert_eq!(
+        store.appointment(first).await.unwrap().unwrap().duration_s,
+        900
+    );
+
+    // The search index.
+    let (m1, m2, m3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    let mut tx = store.begin().await.unwrap();
+    tx.set_date_of_birth(pat, vec![9, 9, 9]).await.unwrap();
+    tx.replace_patient_index(pat, 1, vec![m1, m2, m2])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.date_of_birth(pat).await.unwrap(), Some(vec![9, 9, 9]));
+    assert_eq!(store.date_of_birth(doc).await.unwrap(), None);
+    assert_eq!(
+        store.search_patient_index(1, &[m1], 10).await.unwrap(),
+        vec![pat]
+    );
+    assert_eq!(
+        store
+            .search_patient_index(1, &[m2, m1, m1], 10)
+            .await
+            .unwrap(),
+        vec![pat],
+        "every distinct term must match"
+    );
+    assert!(
+        store
+            .search_patient_index(1, &[m1, m3], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .search_patient_index(2, &[m1], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .search_patient_index(1, &[], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.unindexed_patients(1).await.unwrap().contains(&pat));
+    assert!(store.unindexed_patients(2).await.unwrap().contains(&pat));
+    assert!(
+        !store.unindexed_patients(2).await.unwrap().contains(&doc),
+        "only patients are indexed"
+    );
+    store.replace_patient_index(pat, 1, vec![m3]).await.unwrap();
+    assert!(
+        store
+            .search_patient_index(1, &[m1], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.replace_patient_index(pat, 2, vec![m1]).await.unwrap();
+    assert_eq!(store.drop_patient_index_except(2).await.unwrap(), 1);
+    assert!(
+        store
+            .search_patient_index(1, &[m3], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.search_patient_index(2, &[m1], 10).await.unwrap(),
+        vec![pat]
+    );
+
+    // Live sessions of one account: not revoked, not past their lifetime.
+    let session = |hash: u8, expires: i64, revoked: bool| Session {
+        token_hash: vec![hash; 32],
+        principal: Principal::Account(admin),
+        role: Role::Admin,
+        kind: SessionKind::Full,
+        scope: None,
+        created_at: T.plus_secs(i64::from(hash)),
+        last_seen: T,
+        expires_at: T.plus_secs(expires),
+        revoked,
+    };
+    for s in [
+        session(0xd1, 3600, false),
+        session(0xd2, 3600, true),
+        session(0xd3, -1, false),
+        session(0xd4, 7200, false),
+    ] {
+        store.create_session(&s).await.unwrap();
+    }
+    let live = store.account_sessions(admin, T).await.unwrap();
+    assert_eq!(
+        live.iter().map(|s| s.token_hash[0]).collect::<Vec<_>>(),
+        vec![0xd1, 0xd4]
+    );
+    assert!(store.account_sessions(pat, T).await.unwrap().is_empty());
+
+    // Break-glass grants for review: newest first, expired ones included.
+    let g1 = store
+        .create_break_glass(admin, pat, "first reason given", T, T.plus_secs(-1))
+        .await
+        .unwrap();
+    let g2 = store
+        .create_break_glass(admin, pat, "second reason given", T, T.plus_secs(3600))
+        .await
+        .unwrap();
+    let grants = store.list_break_glass(10).await.unwrap();
+    let mine: Vec<_> = grants.iter().filter(|g| g.admin == admin).collect();
+    assert_eq!(mine.iter().map(|g| g.id).collect::<Vec<_>>(), vec![g2, g1]);
+    assert_eq!(mine[0].patient, pat);
+    assert_eq!(mine[1].reason, "first reason given");
+    assert_eq!(store.list_break_glass(1).await.unwrap().len(), 1);
+}
+
 async fn suite(store: SqlStore, url: &str) {
     store.ping().await.unwrap();
 
@@ -714,7 +925,7 @@ async fn suite(store: SqlStore, url: &str) {
     let by_doc = store
         .list_appointments(AppointmentQuery {
             doctor: Some(doc),
-            patient: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -725,8 +936,8 @@ async fn suite(store: SqlStore, url: &str) {
     );
     let by_pat = store
         .list_appointments(AppointmentQuery {
-            doctor: None,
             patient: Some(pat),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -883,6 +1094,8 @@ async fn suite(store: SqlStore, url: &str) {
 
     key_directory(&store, url, doc, pat, appt, inv).await;
 
+    front_desk(&store).await;
+
     // keys: first load makes a key; rotation of master and data key
     let m1 = MasterKey::generate(&mut OsRng);
     let ring = load_keyring(&store, &m1, T).await.unwrap();
@@ -921,6 +1134,14 @@ async fn suite(store: SqlStore, url: &str) {
     assert_eq!(new_id, 2);
     let ring = load_keyring(&store, &m2, T).await.unwrap();
     assert_eq!(ring.active_id(), 2);
+    // The rotation rebuilt the search index under the new key from the re-sealed
+    // names (every name is "x" here) and dropped the rows of older keys.
+    let x = ring.blind_index(&confide_signaling::blind_index::name_term("x"));
+    assert_eq!(x.0, 2);
+    let found = store.search_patient_index(2, &[x.1], 100).await.unwrap();
+    assert!(found.contains(&pat), "{found:?}");
+    assert!(store.unindexed_patients(2).await.unwrap().is_empty());
+    assert_eq!(store.drop_patient_index_except(2).await.unwrap(), 0);
     let reason = store
         .appointment(appt)
         .await

@@ -7,7 +7,6 @@
 //! form whose name is the log's origin (`CONFIDE_AUDIT_ORIGIN` when the key is created,
 //! default `confide.local/audit`).
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,9 +19,12 @@ use confide_audit::{
     CheckpointPolicy, LogPublicKey, LogSigningKey, SignedCheckpoint, Timestamp, WitnessPublicKey,
     check_package, open_cosigned,
 };
-use confide_signaling::http::CheckpointSigner;
+use confide_signaling::http::{
+    AuditDesk, BadEntry, CheckpointSigner, DeskError, PackageDownload, VerifyOutcome,
+};
 use confide_signaling::model::AccountId;
-use confide_signaling::store::{AppointmentQuery, Store};
+use confide_signaling::ops;
+use confide_signaling::store::Store;
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use tokio::sync::{mpsc, oneshot};
@@ -241,6 +243,120 @@ pub async fn spawn_signer(cfg: &Config) -> anyhow::Result<SignerHandle> {
     Ok(SignerHandle { requests })
 }
 
+/// The administration page's way to the checks that need the log key
+/// ([`AuditDesk`]): verify the log and export a package, with the same store calls as
+/// `confide audit verify` and `confide audit export`.
+pub struct Desk {
+    writer: AuditWriter,
+}
+
+/// Opens the log with its key for the administration page.
+pub async fn desk(cfg: &Config) -> anyhow::Result<Desk> {
+    Ok(Desk {
+        writer: writer(cfg).await?,
+    })
+}
+
+fn log_time(t: confide_signaling::model::Timestamp) -> Timestamp {
+    // Clamped into the log's range (1970 to 9999), so always representable.
+    Timestamp::from_unix_millis(t.0.clamp(0, 253_402_300_799_999))
+        .expect("a time clamped into the log's range")
+}
+
+#[async_trait::async_trait]
+impl AuditDesk for Desk {
+    async fn verify(&self) -> Result<VerifyOutcome, DeskError> {
+        let key = self.writer.public_key();
+        let store = self.writer.store();
+        match store.verify(&key, self.writer.origin(), None, &[]).await {
+            Ok(r) => Ok(VerifyOutcome {
+                ok: true,
+                size: r.size,
+                signed_size: r.signed_size,
+                checkpoints: r.checkpoints_checked as u64,
+                unsigned_tail: r.unsigned_tail,
+                first_bad: None,
+            }),
+            // A database that cannot be read is an error; anything else is the log
+            // failing its check, which the page reports as such.
+            Err(confide_audit::Error::Source(e)) => Err(DeskError::Failed(e.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "AUDIT LOG VERIFY FAILED (run from the administration page)");
+                Ok(VerifyOutcome {
+                    ok: false,
+                    size: store.size().await.unwrap_or(0),
+                    signed_size: 0,
+                    checkpoints: 0,
+                    unsigned_tail: 0,
+                    first_bad: Some(BadEntry {
+                        seq: e.finding().and_then(|f| f.seq()),
+                        message: e.to_string(),
+                    }),
+                })
+            }
+        }
+    }
+
+    async fn package(
+        &self,
+        since: confide_signaling::model::Timestamp,
+        until: confide_signaling::model::Timestamp,
+    ) -> Result<PackageDownload, DeskError> {
+        let failed = |e: confide_audit::Error| DeskError::Failed(e.to_string());
+        // As `confide audit export`: sign what is pending, so the package can cover
+        // everything recorded up to now.
+        self.writer.checkpoint_now(now()).await.map_err(failed)?;
+        let store = self.writer.store().clone();
+        let key = self.writer.public_key();
+        let signed = store
+            .latest_checkpoint(&key)
+            .await
+            .map_err(failed)?
+            .map_or(0, |c| c.checkpoint.size);
+        let (from, to) = store
+            .seq_range_between(log_time(since), log_time(until))
+            .await
+            .map_err(failed)?
+            .ok_or(DeskError::Empty)?;
+        // Entries appended since the checkpoint above wait for the next package.
+        let to = to.min(signed);
+        if from >= to {
+            return Err(DeskError::Empty);
+        }
+        // A few pieces in flight: a slow download holds the export back instead of
+        // the server buffering the whole package.
+        let (tx, chunks) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let sent = store
+                .export_with(&mut buf, &key, from, to, |b: &mut Vec<u8>| {
+                    let chunk = std::mem::take(b);
+                    let tx = tx.clone();
+                    async move {
+                        if chunk.is_empty() {
+                            return Ok(());
+                        }
+                        tx.send(Ok(chunk)).await.map_err(|_| {
+                            confide_audit::Error::Source("the download was abandoned".into())
+                        })
+                    }
+                })
+                .await;
+            match sent {
+                Ok(_) if !buf.is_empty() => {
+                    let _ = tx.send(Ok(buf)).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "exporting an audit package");
+                    let _ = tx.send(Err(e.to_string())).await;
+                }
+            }
+        });
+        Ok(PackageDownload { from, to, chunks })
+    }
+}
+
 fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
     if let Some(t) = Timestamp::parse_rfc3339(s) {
         return Ok(t);
@@ -454,32 +570,16 @@ pub async fn run(cfg: Config, cmd: AuditCmd) -> anyhow::Result<()> {
                         .id
                 }
             };
-            let appointments = store
-                .list_appointments(AppointmentQuery {
-                    doctor: None,
-                    patient: Some(id),
-                })
-                .await?;
-            let targets: BTreeSet<String> = appointments.iter().map(|a| a.id.to_string()).collect();
-            let audit = AuditStore::connect(&cfg.database_url()).await?;
-            let rows = audit
-                .access_report(&id.to_string(), &targets, from, to)
-                .await?;
+            let ms = |t: Timestamp| confide_signaling::model::Timestamp(t.unix_millis());
+            let (on_record, rows) =
+                ops::patient_access_report(store.as_ref(), id, ms(from), ms(to)).await?;
             if json {
                 for r in &rows {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "actor": r.actor, "role": r.role, "first": r.first.to_string(),
-                            "last": r.last.to_string(), "count": r.count, "refused": r.refused,
-                            "actions": r.actions, "targets": r.targets, "seqs": r.seqs,
-                        })
-                    );
+                    println!("{}", ops::access_record_json(r));
                 }
             } else {
                 println!(
-                    "Accesses to {id}'s appointments ({} on record) from {from} to {to}:",
-                    targets.len()
+                    "Accesses to {id}'s appointments ({on_record} on record) from {from} to {to}:"
                 );
                 println!(
                     "{:<16} {:<8} {:>6} {:>7}  {:<24} {:<24} actions",

@@ -23,7 +23,7 @@ use confide_signaling::crypto::{Keyring, MasterKey};
 use confide_signaling::http::{AppState, now, router_with, run_media};
 use confide_signaling::ops::DemoInfo;
 use confide_signaling::settings::Settings;
-use confide_signaling::store::keys::load_keyring;
+use confide_signaling::store::keys::{index_patients, load_keyring};
 use confide_signaling::store::{SqlStore, Store};
 use rand::rngs::OsRng;
 
@@ -223,6 +223,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         recovery_pepper(&cfg)?,
     );
     state.set_checkpoint_signer(Arc::new(signer));
+    state.set_audit_desk(Arc::new(audit_cmd::desk(&cfg).await?));
     tokio::spawn(run_media(state.clone(), events));
     tokio::spawn(confide_signaling::http::run_housekeeping(state.clone()));
 
@@ -240,6 +241,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+
+    // Patients from before the search index existed (or made by the demo or the CLI)
+    // get their index rows under the current data key.
+    let indexed = index_patients(store.as_ref(), &state.keyring)
+        .await
+        .context("building the patient search index")?;
+    if indexed > 0 {
+        tracing::info!(patients = indexed, "indexed patients for search");
+    }
 
     let admin = match cfg.admin_bind {
         Some(bind) => Some(metrics::serve_admin(bind, state.clone(), sfu.clone()).await?),

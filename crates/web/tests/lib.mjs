@@ -1,7 +1,7 @@
 // Helpers for the browser end-to-end tests: TOTP, the demo data, the forwarding tap,
 // SFrame header parsing, launching Chromium, the accessibility scan and screenshots.
 
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { readFileSync, writeFileSync, existsSync, mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
@@ -46,21 +46,36 @@ export async function freshTotp(secretBase32) {
   return totp(secretBase32);
 }
 
-const usedSteps = new Map();
+// The steps used per secret, kept in a file so that the test files, which `node --test`
+// runs one after another in separate processes, know each other's: they share the demo
+// accounts. Keyed by a hash of the secret; entries older than ten minutes are dropped.
+const STEPS_FILE = path.join(tmpdir(), `confide-totp-steps-${process.getuid ? process.getuid() : 0}.json`);
+
+function readSteps() {
+  try { return JSON.parse(readFileSync(STEPS_FILE, 'utf8')); } catch { return {}; }
+}
+
+function stepKey(secret) {
+  return createHash('sha256').update(`confide-test-totp:${secret}`).digest('hex').slice(0, 32);
+}
 
 /**
- * A code from a 30-second step this process has not used for `secret` yet: the server
- * refuses a step already used (replay), so a test that logs the same person in twice
- * within a step waits for the next one.
+ * A code from a 30-second step not used yet for `secret` by this or an earlier test
+ * process: the server refuses a step already used (replay), so a test that logs the same
+ * person in twice within a step waits for the next one.
  */
 export async function unusedTotp(secret) {
   const step = () => Math.floor(Date.now() / 30000);
-  const last = usedSteps.get(secret);
+  const key = stepKey(secret);
+  const last = readSteps()[key];
   if (last !== undefined && step() <= last) {
     await new Promise((r) => setTimeout(r, (last + 1) * 30000 - Date.now() + 500));
   }
   const code = await freshTotp(secret);
-  usedSteps.set(secret, step());
+  const steps = readSteps();
+  for (const [k, s] of Object.entries(steps)) if (s < step() - 20) delete steps[k];
+  steps[key] = step();
+  writeFileSync(STEPS_FILE, JSON.stringify(steps));
   return code;
 }
 

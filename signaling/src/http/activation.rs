@@ -416,6 +416,13 @@ pub async fn complete(
         None
     };
 
+    // What the proofs need must be there before an attempt is counted.
+    if n.current_password && req.current_password.is_none() {
+        return Err(ApiError::BadRequest("current_password is required"));
+    }
+    if n.second_factor_code && req.totp.is_none() && req.recovery_code.is_none() {
+        return Err(ApiError::MfaRequired);
+    }
     // Proofs the link alone does not give: throttled per link, so holding a link does
     // not allow guessing the code or the password behind it.
     let key = format!("act:{}", record.id);

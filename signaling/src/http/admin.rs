@@ -98,6 +98,7 @@ pub async fn admin_create_account(
     if req.role == Role::Guest {
         return Err(ApiError::BadRequest("guests come from invites"));
     }
+    let display_name = req.display_name.trim().to_owned();
     let new = crate::ops::prepare_account(
         &state.keyring,
         crate::ops::AccountSpec {
@@ -114,9 +115,15 @@ pub async fn admin_create_account(
         crate::ops::OpsError::Store(e) => e.into(),
         _ => ApiError::Internal,
     })?;
+    // A patient is findable at the front desk by name (no date of birth here).
+    let index = (req.role == Role::Patient)
+        .then(|| crate::store::keys::patient_index_macs(&state.keyring, &display_name, None));
     // The account, its link and their entries commit together, or none of it happens.
     let mut tx = state.store.begin().await?;
     let id = tx.create_account(new).await?;
+    if let Some((key, macs)) = index {
+        tx.replace_patient_index(id, key, macs).await?;
+    }
     let link = activation::issue(&state, &mut tx, id, ActivationPurpose::Activate, &s).await?;
     state
         .commit_audited(
@@ -293,6 +300,12 @@ pub struct AuditQuery {
     action: Option<String>,
     actor: Option<String>,
     target: Option<String>,
+    /// `account:N` (or `N`): entries about that patient's records.
+    patient: Option<String>,
+    /// Unix milliseconds: entries at or after.
+    from: Option<i64>,
+    /// Unix milliseconds: entries before.
+    to: Option<i64>,
     after: Option<i64>,
     limit: Option<i64>,
 }
@@ -303,23 +316,49 @@ pub async fn admin_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditRecord>>> {
     require_admin(&state, &s).await?;
-    let action = match q.action.as_deref() {
+    let action = match q.action.as_deref().filter(|a| !a.is_empty()) {
         None => None,
         Some(a) => Some(AuditAction::parse(a).ok_or(ApiError::BadRequest("unknown action"))?),
     };
+    let patient = match q
+        .patient
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        None => None,
+        Some(p) => {
+            let n: i64 = p
+                .strip_prefix("account:")
+                .unwrap_or(p)
+                .parse()
+                .map_err(|_| ApiError::BadRequest("patient: account:N"))?;
+            Some(AccountId(n).to_string())
+        }
+    };
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     let records = state
         .store
         .audit_events(AuditFilter {
-            actor: q.actor,
+            actor: nonempty(q.actor),
             action,
-            target: q.target,
+            target: nonempty(q.target),
+            patient: patient.clone(),
+            since: q.from.map(Timestamp),
+            until: q.to.map(Timestamp),
             outcome: None,
             after: q.after.map(AuditSeq),
             limit: Some(q.limit.unwrap_or(1000).clamp(1, 10_000)),
         })
         .await?;
-    state
-        .audit(s.event(AuditAction::AuditRead, Outcome::Success))
-        .await?;
+    // Reading a patient's trail is reading about that patient: it shows in their
+    // access report.
+    let mut event = s
+        .event(AuditAction::AuditRead, Outcome::Success)
+        .detail(format!("{} entries", records.len()));
+    if let Some(p) = patient {
+        event = event.target(&p).patient(p);
+    }
+    state.audit(event).await?;
     Ok(Json(records))
 }

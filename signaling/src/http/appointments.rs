@@ -16,8 +16,8 @@ use crate::store::{AccountRecord, Appointment, AppointmentQuery, NewAppointment}
 
 #[derive(Serialize)]
 pub struct PersonRef {
-    id: AccountId,
-    label: String,
+    pub(super) id: AccountId,
+    pub(super) label: String,
 }
 
 #[derive(Serialize)]
@@ -82,7 +82,7 @@ pub async fn list_appointments(
                 .store
                 .list_appointments(AppointmentQuery {
                     doctor: Some(id),
-                    patient: None,
+                    ..Default::default()
                 })
                 .await?
         }
@@ -90,8 +90,8 @@ pub async fn list_appointments(
             state
                 .store
                 .list_appointments(AppointmentQuery {
-                    doctor: None,
                     patient: Some(id),
+                    ..Default::default()
                 })
                 .await?
         }
@@ -165,10 +165,14 @@ pub async fn book_appointment(
     Json(req): Json<BookReq>,
 ) -> ApiResult<(StatusCode, Json<BookResp>)> {
     let me = s.account_id();
-    if !(5..=480).contains(&req.duration_min) {
+    if !(policy::DURATION_MIN_MINUTES..=policy::DURATION_MAX_MINUTES).contains(&req.duration_min) {
         return Err(ApiError::BadRequest("duration_min must be 5..=480"));
     }
-    if req.reason.as_ref().is_some_and(|r| r.len() > 2000) {
+    if req
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.len() > policy::REASON_MAX_BYTES)
+    {
         return Err(ApiError::BadRequest("reason is too long"));
     }
     let facts = |a: AccountRecord| policy::AccountFacts {

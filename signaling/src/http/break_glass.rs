@@ -177,3 +177,64 @@ pub async fn break_glass_appointment(
     })
     .into_response())
 }
+
+#[derive(Serialize)]
+pub struct GrantView {
+    grant: i64,
+    admin: super::appointments::PersonRef,
+    patient: super::appointments::PersonRef,
+    reason: String,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    /// Not yet expired.
+    active: bool,
+}
+
+/// Grants shown for review: the newest this many.
+const REVIEW_LIMIT: i64 = 500;
+
+/// The grants for review (newest first): who, for which patient, why, when, until
+/// when. Each grant shown is recorded, naming its patient.
+pub async fn break_glass_grants(
+    State(state): State<AppState>,
+    s: Authed,
+) -> ApiResult<Json<Vec<GrantView>>> {
+    require_admin(&state, &s).await?;
+    let t = now();
+    let grants = state.store.list_break_glass(REVIEW_LIMIT).await?;
+    let mut out = Vec::with_capacity(grants.len());
+    for g in &grants {
+        let person = async |id: AccountId| -> ApiResult<super::appointments::PersonRef> {
+            let label = match state.store.account(id).await? {
+                Some(a) => super::label_of(&state, &a),
+                None => "unknown".into(),
+            };
+            Ok(super::appointments::PersonRef { id, label })
+        };
+        out.push(GrantView {
+            grant: g.id,
+            admin: person(g.admin).await?,
+            patient: person(g.patient).await?,
+            reason: g.reason.clone(),
+            created_at: g.created_at,
+            expires_at: g.expires_at,
+            active: g.expires_at > t,
+        });
+    }
+    let mut events: Vec<_> = grants
+        .iter()
+        .map(|g| {
+            s.event(AuditAction::BreakGlassReviewed, Outcome::Success)
+                .target(g.patient)
+                .patient(g.patient)
+                .detail(format!("break-glass:{}", g.id))
+        })
+        .collect();
+    if events.is_empty() {
+        events.push(s.event(AuditAction::BreakGlassReviewed, Outcome::Success));
+    }
+    state
+        .commit_audited(state.store.begin().await?, events)
+        .await?;
+    Ok(Json(out))
+}

@@ -58,6 +58,9 @@ pub struct LoginResp {
     mfa_enrollment_required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     enrollment_token: Option<String>,
+    /// After a login with a recovery code: how many unused codes are left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_codes_remaining: Option<u32>,
 }
 
 /// Verifies a password under the hashing gate (at most one verification per core
@@ -282,6 +285,11 @@ pub async fn login(
         return Err(ApiError::InvalidCredentials);
     };
     if account.activation_pending {
+        if pw_ok {
+            // The right password is no guess: its charge is given back.
+            refund(&state, true);
+            settle(true).await?;
+        }
         state
             .audit(fail("activation_pending", AuditAction::LoginFailed))
             .await?;
@@ -319,9 +327,11 @@ pub async fn login(
             idle_timeout_s: None,
             mfa_enrollment_required: true,
             enrollment_token: Some(token),
+            recovery_codes_remaining: None,
         }));
     }
 
+    let mut recovery_used = false;
     if account.totp_enabled {
         let ok = match (&req.totp, &req.recovery_code) {
             (Some(code), _) => verify_totp(&state, &account, code, t).await?,
@@ -338,6 +348,7 @@ pub async fn login(
                         .use_recovery_code(account.id, &legacy_recovery_hash(rc), t)
                         .await?;
                 }
+                recovery_used = used;
                 if used {
                     state
                         .audit(
@@ -397,6 +408,11 @@ pub async fn login(
         idle_timeout_s: Some(state.settings.idle_timeout_s),
         mfa_enrollment_required: false,
         enrollment_token: None,
+        recovery_codes_remaining: if recovery_used {
+            Some(state.store.recovery_codes_remaining(account.id).await?)
+        } else {
+            None
+        },
     }))
 }
 

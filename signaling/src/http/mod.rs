@@ -18,6 +18,9 @@ mod invites;
 mod limiter;
 mod login;
 mod media_lane;
+mod oversight;
+mod patients;
+mod schedule;
 mod totp;
 mod ws;
 
@@ -32,7 +35,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use rand::RngCore;
@@ -53,6 +56,7 @@ pub use directory::CheckpointSigner;
 pub use gate::{Admission, HashGate, Occupied, SHED_RETRY_AFTER_S};
 pub use limiter::{AddrKey, AddrLimiter};
 pub use media_lane::MAX_PENDING_PER_PARTICIPANT;
+pub use oversight::{AuditDesk, BadEntry, DeskError, PackageDownload, VerifyOutcome};
 pub use ws::{
     ICE_CANDIDATES_BURST, ICE_CANDIDATES_PER_S, MEDIA_SDP_BURST, MEDIA_SDP_PER_S, Outbound,
 };
@@ -92,6 +96,14 @@ pub struct Inner {
     /// without it, proofs cover entries once some checkpoint is signed (the server's
     /// periodic signer, `confide audit checkpoint`, or a test's own `AuditWriter`).
     signer: OnceLock<Arc<dyn CheckpointSigner>>,
+    /// Verifies the audit log and exports auditor packages for the administration
+    /// page; the server, which holds the log key, sets it once.
+    desk: OnceLock<Arc<dyn AuditDesk>>,
+    /// What each person last saw of each waiting room, and when it was audited
+    /// (`waiting_rooms_viewed`): a page that polls records a view when what it shows
+    /// changes, and again every [`schedule::VIEW_REAUDIT_S`], not every few seconds.
+    /// Keyed by (actor, appointment); pruned by [`run_housekeeping`].
+    pub(crate) views: DashMap<(String, Option<AppointmentId>), (String, Timestamp)>,
     /// Delivers activation links; [`activation::LogNotifier`] unless the operator's
     /// server sets another.
     notifier: OnceLock<Arc<dyn activation::Notifier>>,
@@ -150,8 +162,55 @@ impl AppState {
             ip_limiter: AddrLimiter::new(10, 30),
             unauth_ws: Arc::new(client_addr::UnauthConns::default()),
             signer: OnceLock::new(),
+            desk: OnceLock::new(),
+            views: DashMap::new(),
             notifier: OnceLock::new(),
         }))
+    }
+
+    /// Connect the audit desk (once; later calls are ignored and return false).
+    pub fn set_audit_desk(&self, desk: Arc<dyn AuditDesk>) -> bool {
+        self.desk.set(desk).is_ok()
+    }
+
+    pub(crate) fn audit_desk(&self) -> Option<&Arc<dyn AuditDesk>> {
+        self.desk.get()
+    }
+
+    /// Who is in the consultation of `appt` right now (empty when nobody is).
+    pub fn presence(&self, appt: AppointmentId) -> Vec<crate::room::Presence> {
+        let Some(slot) = self.hub.rooms.get(&appt).map(|s| s.value().clone()) else {
+            return Vec::new();
+        };
+        let g = slot.lock();
+        if g.retired {
+            return Vec::new();
+        }
+        g.room.presence()
+    }
+
+    /// Every live consultation with someone in it, and who.
+    pub fn all_presence(&self) -> Vec<(AppointmentId, Vec<crate::room::Presence>)> {
+        // Clone the slots first: a room's lock is never held while the map is.
+        let slots: Vec<_> = self
+            .hub
+            .rooms
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, slot) in slots {
+            let g = slot.lock();
+            if g.retired {
+                continue;
+            }
+            let p = g.room.presence();
+            if !p.is_empty() {
+                out.push((id, p));
+            }
+        }
+        out.sort_by_key(|(id, _)| *id);
+        out
     }
 
     /// Connect the delivery of activation links (once; later calls are ignored and
@@ -352,6 +411,7 @@ mod op_metrics {
             AuditAction::LoginFailed => (AUTH_FAILURES, "login"),
             AuditAction::LoginThrottled => (AUTH_FAILURES, "throttled"),
             AuditAction::MfaFailed => (AUTH_FAILURES, "mfa"),
+            AuditAction::ReauthFailed => (AUTH_FAILURES, "reauth"),
             AuditAction::WsAuthFailed => (AUTH_FAILURES, "websocket"),
             AuditAction::Logout => (TOKEN_REVOCATIONS, "logout"),
             AuditAction::SessionExpired => (TOKEN_REVOCATIONS, "expired"),
@@ -391,6 +451,7 @@ pub async fn run_housekeeping(state: AppState) {
         tick.tick().await;
         let t = now();
         state.prune_limiters(t);
+        schedule::prune_views(&state, t);
         match state.store.purge_sessions(t).await {
             Ok(n) if n > 0 => tracing::debug!(sessions = n, "purged expired sessions"),
             Ok(_) => {}
@@ -435,6 +496,18 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
             "/appointments",
             get(appointments::list_appointments).post(appointments::book_appointment),
         )
+        .route("/appointments/{id}", patch(schedule::move_appointment))
+        .route(
+            "/appointments/{id}/cancel",
+            post(schedule::cancel_appointment),
+        )
+        .route("/schedule", get(schedule::schedule))
+        .route("/waiting-rooms", get(schedule::waiting_rooms))
+        .route("/doctors", get(schedule::doctors))
+        .route(
+            "/patients",
+            get(patients::search_patients).post(patients::create_patient),
+        )
         .route("/appointments/{id}/invites", post(invites::create_invite))
         .route("/appointments/{id}/chat", get(chat::chat_history))
         .route("/invites/redeem", post(invites::redeem_invite))
@@ -461,7 +534,22 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
             post(admin::admin_reset_account),
         )
         .route("/admin/audit", get(admin::admin_audit))
-        .route("/admin/break-glass", post(break_glass::break_glass))
+        .route("/admin/audit/verify", post(oversight::verify))
+        .route("/admin/audit/package", get(oversight::package))
+        .route("/admin/audit/report", get(oversight::report))
+        .route(
+            "/admin/accounts/{id}/sessions",
+            get(oversight::sessions).delete(oversight::revoke_all_sessions),
+        )
+        .route(
+            "/admin/accounts/{id}/sessions/{session}",
+            delete(oversight::revoke_session),
+        )
+        .route("/admin/settings", get(oversight::settings))
+        .route(
+            "/admin/break-glass",
+            post(break_glass::break_glass).get(break_glass::break_glass_grants),
+        )
         .route(
             "/admin/break-glass/appointments/{id}",
             get(break_glass::break_glass_appointment),

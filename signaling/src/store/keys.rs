@@ -4,7 +4,8 @@
 use rand::rngs::OsRng;
 
 use super::{SealedCell, Store, StoreError, WrappedDataKey};
-use crate::crypto::{CryptoError, DataKey, Keyring, MasterKey};
+use crate::blind_index::{self, DateOfBirth};
+use crate::crypto::{CryptoError, DataKey, Keyring, MasterKey, ctx};
 use crate::model::Timestamp;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +116,44 @@ pub async fn rotate_data_key(
         };
         store.update_sealed_cell(&resealed).await?;
     }
+    // The blind index is keyed by the data key too: make it again under the new key
+    // (the old rows keep answering searches until then), then drop the old rows.
+    index_patients(store, &ring).await?;
     for id in old_ids {
         store.delete_data_key(id).await?;
     }
     Ok(new_id)
+}
+
+/// The blind-index MACs of a patient record under `ring`'s active key.
+pub fn patient_index_macs(
+    ring: &Keyring,
+    name: &str,
+    dob: Option<DateOfBirth>,
+) -> (u32, Vec<[u8; 32]>) {
+    let terms = blind_index::record_terms(name, dob);
+    let macs = terms.iter().map(|t| ring.blind_index(t).1).collect();
+    (ring.active_id(), macs)
+}
+
+/// Index every patient that has no index rows under `ring`'s active key (patients
+/// from before the index existed, or every patient after a data key rotation), then
+/// drop rows made under other keys. Returns how many patients were indexed. Run at
+/// every start and by [`rotate_data_key`]; idempotent.
+pub async fn index_patients(store: &dyn Store, ring: &Keyring) -> Result<usize, KeyError> {
+    let todo = store.unindexed_patients(ring.active_id()).await?;
+    for id in &todo {
+        let Some(account) = store.account(*id).await? else {
+            continue;
+        };
+        let name = ring.open_string(ctx::DISPLAY_NAME, &account.display_name)?;
+        let dob = match store.date_of_birth(*id).await? {
+            Some(sealed) => DateOfBirth::parse(&ring.open_string(ctx::DATE_OF_BIRTH, &sealed)?),
+            None => None,
+        };
+        let (key_id, macs) = patient_index_macs(ring, &name, dob);
+        store.replace_patient_index(*id, key_id, macs).await?;
+    }
+    store.drop_patient_index_except(ring.active_id()).await?;
+    Ok(todo.len())
 }

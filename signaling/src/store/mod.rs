@@ -176,6 +176,17 @@ impl Appointment {
 pub struct AppointmentQuery {
     pub doctor: Option<AccountId>,
     pub patient: Option<AccountId>,
+    /// Only appointments that overlap `[from, to)` (either bound may be open).
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+/// What moving an appointment changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppointmentChange {
+    pub doctor: AccountId,
+    pub start: Timestamp,
+    pub duration_s: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -248,16 +259,18 @@ pub enum SealedColumn {
     TotpSecret,
     Reason,
     InviteLabel,
+    DateOfBirth,
     TotpPending,
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 6] = [
+    pub const ALL: [SealedColumn; 7] = [
         SealedColumn::DisplayName,
         SealedColumn::Contact,
         SealedColumn::TotpSecret,
         SealedColumn::Reason,
         SealedColumn::InviteLabel,
+        SealedColumn::DateOfBirth,
         SealedColumn::TotpPending,
     ];
     pub fn table_column(self) -> (&'static str, &'static str) {
@@ -267,6 +280,7 @@ impl SealedColumn {
             SealedColumn::TotpSecret => ("accounts", "totp_secret"),
             SealedColumn::Reason => ("appointments", "reason"),
             SealedColumn::InviteLabel => ("invites", "label"),
+            SealedColumn::DateOfBirth => ("accounts", "date_of_birth"),
             SealedColumn::TotpPending => ("accounts", "totp_pending"),
         }
     }
@@ -279,6 +293,7 @@ impl SealedColumn {
             SealedColumn::TotpSecret => ctx::TOTP_SECRET,
             SealedColumn::Reason => ctx::REASON,
             SealedColumn::InviteLabel => ctx::INVITE_LABEL,
+            SealedColumn::DateOfBirth => ctx::DATE_OF_BIRTH,
             // Pending and enabled secrets are sealed alike: enabling one moves the
             // envelope from one column to the other.
             SealedColumn::TotpPending => ctx::TOTP_SECRET,
@@ -324,6 +339,20 @@ pub trait StoreTx: Send {
     async fn set_totp_pending(&mut self, id: AccountId, sealed_secret: Vec<u8>) -> Result<()>;
     async fn enable_totp(&mut self, id: AccountId, step: i64) -> Result<()>;
     async fn replace_recovery_codes(&mut self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()>;
+    /// Store a patient's sealed date of birth.
+    async fn set_date_of_birth(&mut self, id: AccountId, sealed: Vec<u8>) -> Result<()>;
+    /// As [`Store::replace_patient_index`].
+    async fn replace_patient_index(
+        &mut self,
+        id: AccountId,
+        key_id: u32,
+        macs: Vec<[u8; 32]>,
+    ) -> Result<()>;
+    /// Move a booked appointment; false if it is not booked (ended, cancelled,
+    /// unknown), in which case nothing changes.
+    async fn move_appointment(&mut self, id: AppointmentId, c: AppointmentChange) -> Result<bool>;
+    /// Cancel a booked appointment; false if it is not booked.
+    async fn cancel_appointment(&mut self, id: AppointmentId) -> Result<bool>;
     /// Stores a new activation link for its account; any earlier unused link of that
     /// account stops working (one live link per account).
     async fn create_activation(&mut self, a: NewActivation) -> Result<i64>;
@@ -394,6 +423,9 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
     async fn touch_session(&self, token_hash: &[u8], now: Timestamp) -> Result<()>;
     async fn revoke_session(&self, token_hash: &[u8]) -> Result<bool>;
     async fn revoke_account_sessions(&self, id: AccountId) -> Result<u64>;
+    /// The account's sessions that are neither revoked nor past their absolute
+    /// lifetime at `now`, oldest first.
+    async fn account_sessions(&self, id: AccountId, now: Timestamp) -> Result<Vec<Session>>;
     /// Deletes sessions past their absolute lifetime at `now`, and revoked ones;
     /// returns how many.
     async fn purge_sessions(&self, now: Timestamp) -> Result<u64>;
@@ -444,6 +476,8 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<i64>;
+    /// The newest `limit` grants, newest first, expired ones included (for review).
+    async fn list_break_glass(&self, limit: i64) -> Result<Vec<BreakGlassGrant>>;
     /// `admin`'s unexpired grant for `patient`, if any.
     async fn active_break_glass(
         &self,
@@ -451,4 +485,26 @@ pub trait Store: AuditLog + KeyDirectory + Send + Sync + 'static {
         patient: AccountId,
         now: Timestamp,
     ) -> Result<Option<BreakGlassGrant>>;
+
+    // patient search (crate::blind_index)
+    /// A patient's sealed date of birth, if one was recorded.
+    async fn date_of_birth(&self, id: AccountId) -> Result<Option<Vec<u8>>>;
+    /// Replace the account's index rows made under data key `key_id` with `macs`.
+    async fn replace_patient_index(
+        &self,
+        id: AccountId,
+        key_id: u32,
+        macs: Vec<[u8; 32]>,
+    ) -> Result<()>;
+    /// Patients (role patient) with no index row under `key_id`: those to index.
+    async fn unindexed_patients(&self, key_id: u32) -> Result<Vec<AccountId>>;
+    /// Delete every index row not made under `key_id` (after a rotation re-indexed).
+    async fn drop_patient_index_except(&self, key_id: u32) -> Result<u64>;
+    /// Accounts that have every one of `macs` under `key_id` (at most `limit`).
+    async fn search_patient_index(
+        &self,
+        key_id: u32,
+        macs: &[[u8; 32]],
+        limit: i64,
+    ) -> Result<Vec<AccountId>>;
 }

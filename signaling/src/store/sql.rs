@@ -482,6 +482,80 @@ async fn w_replace_recovery_codes(
     Ok(())
 }
 
+async fn w_set_date_of_birth(c: &mut AnyConnection, id: AccountId, sealed: Vec<u8>) -> Result<()> {
+    sqlx::query("UPDATE accounts SET date_of_birth = $1 WHERE id = $2")
+        .bind(sealed)
+        .bind(id.0)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn w_replace_patient_index(
+    c: &mut AnyConnection,
+    id: AccountId,
+    key_id: u32,
+    macs: Vec<[u8; 32]>,
+) -> Result<()> {
+    sqlx::query("DELETE FROM patient_index WHERE account_id = $1 AND key_id = $2")
+        .bind(id.0)
+        .bind(i64::from(key_id))
+        .execute(&mut *c)
+        .await?;
+    let mut macs = macs;
+    macs.sort_unstable();
+    macs.dedup();
+    for m in macs {
+        sqlx::query("INSERT INTO patient_index (account_id, key_id, mac) VALUES ($1, $2, $3)")
+            .bind(id.0)
+            .bind(i64::from(key_id))
+            .bind(m.to_vec())
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn w_move_appointment(
+    c: &mut AnyConnection,
+    id: AppointmentId,
+    ch: AppointmentChange,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE appointments SET doctor_id = $1, start_at = $2, duration_s = $3 \
+         WHERE id = $4 AND status = $5",
+    )
+    .bind(ch.doctor.0)
+    .bind(ch.start.0)
+    .bind(ch.duration_s)
+    .bind(id.0)
+    .bind(AppointmentStatus::Booked.as_str())
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn w_cancel_appointment(c: &mut AnyConnection, id: AppointmentId) -> Result<bool> {
+    let r = sqlx::query("UPDATE appointments SET status = $1 WHERE id = $2 AND status = $3")
+        .bind(AppointmentStatus::Cancelled.as_str())
+        .bind(id.0)
+        .bind(AppointmentStatus::Booked.as_str())
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+fn break_glass_from(r: &AnyRow) -> Result<BreakGlassGrant> {
+    Ok(BreakGlassGrant {
+        id: r.try_get(0)?,
+        admin: AccountId(r.try_get(1)?),
+        reason: r.try_get(2)?,
+        created_at: Timestamp(r.try_get(3)?),
+        expires_at: Timestamp(r.try_get(4)?),
+        patient: AccountId(r.try_get(5)?),
+    })
+}
+
 /// [`StoreTx`] over one sqlx transaction.
 pub struct SqlTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
@@ -528,6 +602,23 @@ impl StoreTx for SqlTx {
     }
     async fn replace_recovery_codes(&mut self, id: AccountId, hashes: Vec<Vec<u8>>) -> Result<()> {
         w_replace_recovery_codes(&mut self.tx, id, hashes).await
+    }
+    async fn set_date_of_birth(&mut self, id: AccountId, sealed: Vec<u8>) -> Result<()> {
+        w_set_date_of_birth(&mut self.tx, id, sealed).await
+    }
+    async fn replace_patient_index(
+        &mut self,
+        id: AccountId,
+        key_id: u32,
+        macs: Vec<[u8; 32]>,
+    ) -> Result<()> {
+        w_replace_patient_index(&mut self.tx, id, key_id, macs).await
+    }
+    async fn move_appointment(&mut self, id: AppointmentId, c: AppointmentChange) -> Result<bool> {
+        w_move_appointment(&mut self.tx, id, c).await
+    }
+    async fn cancel_appointment(&mut self, id: AppointmentId) -> Result<bool> {
+        w_cancel_appointment(&mut self.tx, id).await
     }
     async fn create_activation(&mut self, a: NewActivation) -> Result<i64> {
         w_create_activation(&mut self.tx, a).await
@@ -749,6 +840,19 @@ impl Store for SqlStore {
         w_revoke_account_sessions(&mut *self.pool.acquire().await?, id, None).await
     }
 
+    async fn account_sessions(&self, id: AccountId, now: Timestamp) -> Result<Vec<Session>> {
+        let q = format!(
+            "SELECT {SESSION_COLS} FROM sessions \
+             WHERE account_id = $1 AND revoked = 0 AND expires_at > $2 ORDER BY created_at"
+        );
+        let rows = sqlx::query(&q)
+            .bind(id.0)
+            .bind(now.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(session_from).collect()
+    }
+
     async fn purge_sessions(&self, now: Timestamp) -> Result<u64> {
         let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR revoked = 1")
             .bind(now.0)
@@ -771,14 +875,19 @@ impl Store for SqlStore {
     }
 
     async fn list_appointments(&self, q: AppointmentQuery) -> Result<Vec<Appointment>> {
+        // Overlap with [from, to): starts before `to` and ends after `from`.
         let sql = format!(
             "SELECT {APPOINTMENT_COLS} FROM appointments \
              WHERE ($1 IS NULL OR doctor_id = $1) AND ($2 IS NULL OR patient_id = $2) \
+               AND ($3 IS NULL OR start_at < $3) \
+               AND ($4 IS NULL OR start_at + duration_s * 1000 > $4) \
              ORDER BY start_at, id"
         );
         let rows = sqlx::query(&sql)
             .bind(q.doctor.map(|d| d.0))
             .bind(q.patient.map(|p| p.0))
+            .bind(q.to.map(|t| t.0))
+            .bind(q.from.map(|t| t.0))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(appointment_from).collect()
@@ -1028,16 +1137,96 @@ impl Store for SqlStore {
         .bind(now.0)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(BreakGlassGrant {
-                id: r.try_get(0)?,
-                admin: AccountId(r.try_get(1)?),
-                reason: r.try_get(2)?,
-                created_at: Timestamp(r.try_get(3)?),
-                expires_at: Timestamp(r.try_get(4)?),
-                patient: AccountId(r.try_get(5)?),
-            })
+        row.as_ref().map(break_glass_from).transpose()
+    }
+
+    async fn list_break_glass(&self, limit: i64) -> Result<Vec<BreakGlassGrant>> {
+        // Grants from before grants named a patient have none; they open nothing
+        // and are left out of the review list.
+        let rows = sqlx::query(
+            "SELECT id, admin_id, reason, created_at, expires_at, patient_id FROM break_glass \
+             WHERE patient_id IS NOT NULL ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(break_glass_from).collect()
+    }
+
+    async fn date_of_birth(&self, id: AccountId) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT date_of_birth FROM accounts WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
         })
-        .transpose()
+    }
+
+    async fn replace_patient_index(
+        &self,
+        id: AccountId,
+        key_id: u32,
+        macs: Vec<[u8; 32]>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        w_replace_patient_index(&mut tx, id, key_id, macs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unindexed_patients(&self, key_id: u32) -> Result<Vec<AccountId>> {
+        let rows = sqlx::query(
+            "SELECT a.id FROM accounts a WHERE a.role = $1 AND NOT EXISTS \
+             (SELECT 1 FROM patient_index p WHERE p.account_id = a.id AND p.key_id = $2) \
+             ORDER BY a.id",
+        )
+        .bind(Role::Patient.as_str())
+        .bind(i64::from(key_id))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(AccountId(r.try_get(0)?))).collect()
+    }
+
+    async fn drop_patient_index_except(&self, key_id: u32) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM patient_index WHERE key_id <> $1")
+            .bind(i64::from(key_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn search_patient_index(
+        &self,
+        key_id: u32,
+        macs: &[[u8; 32]],
+        limit: i64,
+    ) -> Result<Vec<AccountId>> {
+        let mut want: Vec<[u8; 32]> = macs.to_vec();
+        want.sort_unstable();
+        want.dedup();
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One placeholder per MAC ($3, $4, ...); the count is bounded by the caller
+        // (a name has at most blind_index::MAX_NAME_TERMS words, plus a date).
+        let list = (0..want.len())
+            .map(|i| format!("${}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let q = format!(
+            "SELECT account_id FROM patient_index WHERE key_id = $1 AND mac IN ({list}) \
+             GROUP BY account_id HAVING COUNT(DISTINCT mac) = $2 ORDER BY account_id LIMIT $3"
+        );
+        let mut query = sqlx::query(&q)
+            .bind(i64::from(key_id))
+            .bind(want.len() as i64)
+            .bind(limit.clamp(1, 1000));
+        for m in &want {
+            query = query.bind(m.to_vec());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(AccountId(r.try_get(0)?))).collect()
     }
 }

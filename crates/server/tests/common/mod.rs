@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use confide_audit::store::{AuditStore, Backend, sqlx};
+use confide_audit::{AuditEntry, AuditEvent, Outcome, Priority, Timestamp};
 use confide_server::confide_signaling::audit::{AuditAction, AuditFilter, AuditRecord};
 use confide_server::confide_signaling::auth::{TotpSecret, hash_token};
 use confide_server::confide_signaling::http::now;
@@ -441,4 +443,54 @@ impl Ws {
         self.send(json!({"type": "join", "consultation": appt.0}))
             .await;
     }
+}
+
+/// Inserts, outside the log, a row at the head's size with a correctly computed leaf
+/// hash: no key is needed for that.
+pub async fn forge_row_past_the_head(db_url: &str) -> u64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db_url).await.unwrap();
+    let size = AuditStore::attach(pool.clone(), Backend::Sqlite)
+        .size()
+        .await
+        .unwrap();
+    let entry = AuditEntry::new(
+        size,
+        Timestamp::from_unix_millis(1_800_000_000_000).unwrap(),
+        AuditEvent {
+            actor: "account:1".into(),
+            role: None,
+            action: "login_ok".into(),
+            target: None,
+            patient: None,
+            outcome: Outcome::Success,
+            source: None,
+            request_id: None,
+            priority: Priority::Normal,
+            detail: None,
+        },
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, role, action, target, patient, outcome, \
+         source, request_id, priority, detail, leaf_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(size as i64)
+    .bind(entry.time().unix_millis())
+    .bind(entry.actor())
+    .bind(entry.role())
+    .bind(entry.action())
+    .bind(entry.target())
+    .bind(entry.patient())
+    .bind(entry.outcome().as_str())
+    .bind(entry.source())
+    .bind(entry.request_id())
+    .bind(entry.priority().as_str())
+    .bind(entry.detail())
+    .bind(entry.leaf_hash().to_hex())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    size
 }

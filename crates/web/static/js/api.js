@@ -63,8 +63,9 @@ export function call(method, path, body) {
 }
 
 export const api = {
-  login: (username, password, totp) =>
-    request('POST', '/login', totp ? { username, password, totp } : { username, password }),
+  login: (username, password, totp, recoveryCode) =>
+    request('POST', '/login', totp ? { username, password, totp }
+      : recoveryCode ? { username, password, recovery_code: recoveryCode } : { username, password }),
   logout: () => request('POST', '/logout'),
   me: () => request('GET', '/me'),
   appointments: () => request('GET', '/appointments'),

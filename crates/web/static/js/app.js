@@ -17,7 +17,7 @@ import { Consultation } from './call.js';
 import {
   $, showView, showMessage, setError, el, formatWhen, formatTime, formatDuration, timing, banner,
 } from './ui.js';
-import { showActivation } from './onboarding.js';
+import { showActivation, showEnrolment } from './onboarding.js';
 import { showAccount } from './account.js';
 import { showFrontDesk } from './frontdesk.js';
 import { showAdmin } from './admin.js';
@@ -187,6 +187,7 @@ $('logout').addEventListener('click', async () => {
   stopMedia();
   try { await api.logout(); } catch { /* the token is dropped either way */ }
   setToken(null);
+  banner(null);
   state.me = null;
   state.appointments = null;
   $('who').hidden = true;
@@ -204,6 +205,10 @@ function showLogin() {
   setError('login-error', null);
   $('login-totp-field').hidden = true;
   $('login-totp').value = '';
+  $('login-recovery-field').hidden = true;
+  $('login-recovery').value = '';
+  $('login-use-recovery').hidden = true;
+  $('login-use-recovery').textContent = 'Use a recovery code instead';
   showView('login');
   $('login-username').focus();
 }
@@ -212,7 +217,9 @@ $('login-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const username = $('login-username').value.trim();
   const password = $('login-password').value;
-  const totp = $('login-totp').value.trim();
+  const useRecovery = !$('login-recovery-field').hidden;
+  const totp = useRecovery ? '' : $('login-totp').value.trim();
+  const recovery = useRecovery ? $('login-recovery').value.trim() : '';
   if (!username || !password) {
     setError('login-error', 'Enter your username and password.');
     return;
@@ -221,14 +228,20 @@ $('login-form').addEventListener('submit', async (e) => {
   btn.disabled = true;
   setError('login-error', null);
   try {
-    const res = await api.login(username, password, totp || undefined);
+    const res = await api.login(username, password, totp || undefined, recovery || undefined);
+    $('login-password').value = '';
+    $('login-totp').value = '';
+    $('login-recovery').value = '';
     if (res && res.mfa_enrollment_required) {
-      setError('login-error', 'Your account needs an authenticator app before you can log in. Ask your clinic administrator to set it up.');
+      // Password right, no second factor yet: set it up now, in this page.
+      await showEnrolment(pageContext(), res.enrollment_token, username, { title: 'Finish setting up your account' });
       return;
     }
     setToken(res.token);
-    $('login-password').value = '';
-    $('login-totp').value = '';
+    if (typeof res.recovery_codes_remaining === 'number') {
+      const n = res.recovery_codes_remaining;
+      banner(`You logged in with a recovery code. ${n} ${n === 1 ? 'code is' : 'codes are'} left: make new ones on your account page.`);
+    }
     state.me = null;
     state.appointments = null;
     const next = state.afterLogin || '#/';
@@ -237,8 +250,16 @@ $('login-form').addEventListener('submit', async (e) => {
   } catch (err) {
     if (err instanceof ApiError && err.code === 'mfa_required') {
       $('login-totp-field').hidden = false;
-      setError('login-error', totp ? 'That code was not accepted. Enter the current code.' : null);
+      $('login-use-recovery').hidden = false;
+      setError('login-error', null);
       $('login-totp').focus();
+    } else if (err instanceof ApiError && err.code === 'activation_pending') {
+      setError('login-error', 'Your account is not activated yet. Open the activation link your administrator gave you.');
+    } else if (err instanceof ApiError && err.status === 401 && (totp || recovery)) {
+      setError('login-error', recovery
+        ? 'That recovery code was not accepted. Each code works once; try another one.'
+        : 'That code was not accepted. Enter the current code.');
+      (recovery ? $('login-recovery') : $('login-totp')).focus();
     } else if (err instanceof ApiError && err.status === 429) {
       setError('login-error', 'Too many attempts. Wait a minute and try again.');
     } else if (err instanceof ApiError && err.status === 401) {
@@ -249,6 +270,14 @@ $('login-form').addEventListener('submit', async (e) => {
   } finally {
     btn.disabled = false;
   }
+});
+
+$('login-use-recovery').addEventListener('click', () => {
+  const useRecovery = $('login-recovery-field').hidden;
+  $('login-recovery-field').hidden = !useRecovery;
+  $('login-totp-field').hidden = useRecovery;
+  $('login-use-recovery').textContent = useRecovery ? 'Use the authenticator app instead' : 'Use a recovery code instead';
+  (useRecovery ? $('login-recovery') : $('login-totp')).focus();
 });
 
 // ------------------------------------------------------------------ appointments

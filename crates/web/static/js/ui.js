@@ -85,7 +85,7 @@ export function el(tag, props = {}, ...children) {
     if (k === 'class') e.className = v;
     else if (k === 'text') e.textContent = v;
     else if (k.startsWith('data-')) e.setAttribute(k, v);
-    else if (k.startsWith('aria-')) e.setAttribute(k, v);
+    else if (k.startsWith('aria-') || k === 'role') e.setAttribute(k, v);
     else e[k] = v;
   }
   for (const c of children) if (c) e.append(c);
