@@ -255,9 +255,10 @@ describe('front desk: patients, booking, the schedule and the waiting room', { t
     assert.match(await room.innerText(), /in the consultation/);
     assert.doesNotMatch(await room.innerText(), /Waiting:/);
     await s.screenshot({ path: path.join(OUT, 'clinic-frontdesk-in-call.png'), fullPage: true });
-    // The doctor ends it (and confirms); the waiting room empties.
-    d.once('dialog', (dialog) => dialog.accept());
+    // The doctor ends it (and confirms in the page's dialog); the waiting room empties.
     await d.getByRole('button', { name: 'End consultation for everyone' }).click();
+    await d.getByRole('dialog', { name: 'End the consultation for everyone?' })
+      .getByRole('button', { name: 'End for everyone' }).click();
     await waitFor(async () => (await room.count()) === 0, { timeout: 20000, what: 'the room closed' });
   });
 });
