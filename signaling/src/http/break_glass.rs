@@ -13,7 +13,7 @@ use super::{ApiError, ApiResult, AppState, Authed, now};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::ThrottlePolicy;
 use crate::crypto::ctx;
-use crate::model::{AccountId, AppointmentId, Role, Timestamp};
+use crate::model::{AccountId, AppointmentId, Principal, Role, Timestamp};
 
 /// Break-glass re-authentication: three free failures, then growing delays up to
 /// five minutes.
@@ -107,6 +107,16 @@ pub async fn break_glass(
             ],
         )
         .await?;
+    // For the operator watching the log: emergency access is rare and reviewed. The
+    // reason stays in the audit trail (it can describe the patient).
+    tracing::warn!(
+        target: "confide::security",
+        admin = %Principal::Account(id),
+        patient = %Principal::Account(req.patient),
+        grant,
+        expires_in_s = state.settings.break_glass_ttl_s,
+        "break-glass access granted"
+    );
     Ok((
         StatusCode::CREATED,
         Json(BreakGlassResp {

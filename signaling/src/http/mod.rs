@@ -4,6 +4,7 @@
 //! `ConnectInfo<SocketAddr>` (source addresses are audited) and spawns
 //! [`run_media`] once to drive the media plane.
 
+pub mod access_log;
 mod account;
 pub mod activation;
 mod admin;
@@ -591,6 +592,7 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .merge(static_service)
         .with_state(state)
         .merge(extra)
+        .layer(axum::middleware::from_fn(access_log::log_request))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
@@ -827,10 +829,14 @@ impl FromRequestParts<AppState> for Ctx {
                 .filter_map(|v| v.to_str().ok());
             client_addr::client_ip(c.0.ip(), forwarded, &state.settings.trusted_proxies)
         });
-        Ok(Ctx {
-            ip,
-            request_id: request_id(),
-        })
+        // The id the request's log line and `x-request-id` carry, so the log, the
+        // client and the audit entries name one request alike.
+        let request_id = parts
+            .extensions
+            .get::<access_log::RequestLog>()
+            .map(|l| l.id.clone())
+            .unwrap_or_else(request_id);
+        Ok(Ctx { ip, request_id })
     }
 }
 
@@ -920,6 +926,9 @@ impl FromRequestParts<AppState> for AnySession {
         let ctx = Ctx::from_request_parts(parts, state).await?;
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let session = check_token(state, token, &ctx).await?;
+        if let Some(log) = parts.extensions.get::<access_log::RequestLog>() {
+            log.set_principal(&session.principal);
+        }
         Ok(AnySession { session, ctx })
     }
 }

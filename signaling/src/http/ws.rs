@@ -183,11 +183,16 @@ async fn run(
     let tick_ms = (state.settings.idle_timeout_s * 1000 / 3).clamp(200, 30_000) as u64;
     let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let opened = Instant::now();
+    let ended: &'static str;
 
     loop {
         tokio::select! {
             frame = stream.next() => match frame {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                    ended = "client_closed";
+                    break;
+                }
                 Some(Ok(Message::Text(t))) => handle_frame(&state, &mut conn, t.as_str()).await,
                 Some(Ok(Message::Binary(_))) => conn.send(ServerMsg::Error {
                     code: ErrorCode::InvalidMessage,
@@ -199,11 +204,13 @@ async fn run(
                 Some(Outbound::Msg(m)) => {
                     let Ok(text) = serde_json::to_string(&m) else { continue };
                     if sink.send(Message::Text(text.into())).await.is_err() {
+                        ended = "send_failed";
                         break;
                     }
                 }
                 Some(Outbound::Close) | None => {
                     let _ = sink.send(Message::Close(None)).await;
+                    ended = "server_closed";
                     break;
                 }
             },
@@ -216,6 +223,7 @@ async fn run(
                         }
                     }
                     let _ = sink.send(Message::Close(None)).await;
+                    ended = "session_ended";
                     break;
                 }
             }
@@ -225,12 +233,31 @@ async fn run(
                     let _ = sink.send(Message::Text(text.into())).await;
                 }
                 let _ = sink.send(Message::Close(None)).await;
+                ended = "hello_timeout";
                 break;
             }
         }
     }
+    // One line per WebSocket session for operators (pseudonymous ids only, as the
+    // request lines; see access_log.rs).
+    let principal = conn
+        .auth
+        .as_ref()
+        .map(|a| a.principal.to_string())
+        .unwrap_or_else(|| "-".into());
+    let consultation = conn.room.map(|r| r.0);
     disconnect(&state, &mut conn).await;
     metrics::gauge!(super::WS_CONNECTIONS).decrement(1.0);
+    tracing::info!(
+        target: "confide::ws",
+        request_id = conn.ctx.request_id.as_str(),
+        participant = conn.id.0,
+        account = principal.as_str(),
+        consultation,
+        duration_s = opened.elapsed().as_secs(),
+        ended,
+        "websocket session"
+    );
 }
 
 async fn disconnect(state: &AppState, conn: &mut Conn) {
