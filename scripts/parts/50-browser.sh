@@ -61,4 +61,9 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 browser_report target/browser/node-test.log "$status" target/browser/server.log
+if [ "$status" = 0 ]; then
+    # The chat lines the test sends start with these words.
+    browser_scan_log target/browser/server.log "$work/demo.json" \
+        "Hello, can you hear me?" "the rash is better" "are you there?" || status=1
+fi
 exit "$status"

@@ -41,4 +41,9 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 browser_report target/browser/clinic-node-test.log "$status" target/browser/clinic-server.log
+if [ "$status" = 0 ]; then
+    # Names the front desk test gives the doctor and the patient it creates.
+    browser_scan_log target/browser/clinic-server.log "$work/demo.json" \
+        "Nadia Okafor" "Brontë-Lindqvist" || status=1
+fi
 exit "$status"

@@ -109,3 +109,34 @@ browser_report() {
         tail -n 30 "$server_log"
     fi
 }
+
+# `browser_scan_log LOG DEMO_JSON [TEXT...]`: fail if the server's log holds any secret
+# or personal datum the tests used: the demo accounts' passwords, TOTP secrets, display
+# names and dates of birth, each TEXT (chat lines and names the tests typed), or a bearer
+# token. Usernames are not scanned: the demo's are common words ("doctor") that log
+# targets and messages contain.
+browser_scan_log() {
+    local server_log=$1 demo_json=$2
+    shift 2
+    node -e '
+const fs = require("fs");
+const [logFile, demoFile, ...texts] = process.argv.slice(1);
+const log = fs.readFileSync(logFile, "utf8");
+const demo = JSON.parse(fs.readFileSync(demoFile, "utf8"));
+const needles = [];
+for (const a of demo.accounts) {
+  for (const k of ["password", "totp_secret", "display_name", "date_of_birth"]) {
+    if (a[k]) needles.push([`${a.username}.${k}`, a[k]]);
+  }
+}
+for (const t of texts) needles.push(["typed text", t]);
+needles.push(["a bearer token", "Bearer "]);
+const found = needles.filter(([, v]) => log.includes(v)).map(([k]) => k);
+const lines = log.split("\n").filter((l) => l.trim()).length;
+if (found.length) {
+  console.error(`the server log (${logFile}) holds: ${found.join(", ")}`);
+  process.exit(1);
+}
+console.log(`server log scanned: ${lines} lines, none holds a password, TOTP secret, name, date of birth, typed text or token`);
+' "$server_log" "$demo_json" "$@"
+}
