@@ -21,7 +21,7 @@ use rand::rngs::OsRng;
 #[derive(Parser)]
 #[command(
     name = "confide",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CONFIDE_COMMIT"), ")"),
     about = "End-to-end encrypted telemedicine server"
 )]
 struct Cli {

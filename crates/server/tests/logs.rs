@@ -1,5 +1,5 @@
-//! The operator's log: the real binary with its standard error redirected to a file
-//! (not a terminal). One line per request with the route template, status, duration,
+//! The operator's log and version, from the real binary. Its standard error redirected
+//! to a file (not a terminal) gets one line per request with the route template, status, duration,
 //! request id and session id; refusals at `warn`; the request id is the one the client
 //! gets in `x-request-id` and the audit entry carries; nothing the client typed
 //! (username, password) and no escape codes in a redirected log; `--log-format json`
@@ -204,4 +204,26 @@ async fn a_redirected_text_log_has_no_escape_codes() {
         "{login}"
     );
     assert!(!text.contains(USERNAME) && !text.contains(PASSWORD));
+}
+
+/// An operator reporting a problem names the build: the version and its commit.
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_confide"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected = format!("confide {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected), "{text}");
+    let commit = text
+        .trim()
+        .trim_start_matches(&expected)
+        .trim_end_matches(')');
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
 }
