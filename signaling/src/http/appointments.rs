@@ -159,6 +159,44 @@ pub struct BookResp {
     id: AppointmentId,
 }
 
+/// The booking policy's decision on `doctor` and `patient` for the caller, with the
+/// facts it needs read from the store. Booking and moving both ask here, so a moved
+/// appointment is held to the rule a new one is.
+pub(super) async fn booking_decision(
+    state: &AppState,
+    s: &Authed,
+    doctor: AccountId,
+    patient: Option<AccountId>,
+) -> ApiResult<Result<(), policy::BookingRefusal>> {
+    let facts = |a: AccountRecord| policy::AccountFacts {
+        id: a.id,
+        role: a.role,
+        disabled: a.disabled,
+    };
+    let doctor_facts = state.store.account(doctor).await?.map(facts);
+    let patient_facts = match patient {
+        Some(p) => Some(state.store.account(p).await?.map(facts)),
+        None => None,
+    };
+    let already_treats = match patient {
+        Some(p) if s.session.role == Role::Doctor => {
+            state
+                .store
+                .share_appointment(&Principal::Account(doctor), &Principal::Account(p))
+                .await?
+        }
+        _ => false,
+    };
+    Ok(policy::check_booking(
+        s.session.subject(),
+        policy::BookingRequest {
+            doctor: doctor_facts.as_ref(),
+            patient: patient_facts.as_ref().map(Option::as_ref),
+            already_treats,
+        },
+    ))
+}
+
 pub async fn book_appointment(
     State(state): State<AppState>,
     s: Authed,
@@ -175,34 +213,7 @@ pub async fn book_appointment(
     {
         return Err(ApiError::BadRequest("reason is too long"));
     }
-    let facts = |a: AccountRecord| policy::AccountFacts {
-        id: a.id,
-        role: a.role,
-        disabled: a.disabled,
-    };
-    let doctor = state.store.account(req.doctor).await?.map(facts);
-    let patient = match req.patient {
-        Some(p) => Some(state.store.account(p).await?.map(facts)),
-        None => None,
-    };
-    let already_treats = match req.patient {
-        Some(p) if s.session.role == Role::Doctor => {
-            state
-                .store
-                .share_appointment(&Principal::Account(req.doctor), &Principal::Account(p))
-                .await?
-        }
-        _ => false,
-    };
-    let decision = policy::check_booking(
-        s.session.subject(),
-        policy::BookingRequest {
-            doctor: doctor.as_ref(),
-            patient: patient.as_ref().map(Option::as_ref),
-            already_treats,
-        },
-    );
-    if let Err(refusal) = decision {
+    if let Err(refusal) = booking_decision(&state, &s, req.doctor, req.patient).await? {
         state
             .audit(
                 s.event(AuditAction::AppointmentBookRefused, Outcome::Denied)

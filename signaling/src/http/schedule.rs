@@ -11,14 +11,14 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 
-use super::appointments::PersonRef;
+use super::appointments::{PersonRef, booking_decision};
 use super::{ApiError, ApiResult, AppState, Authed, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::crypto::ctx;
-use crate::model::{AccountId, AppointmentId, AppointmentStatus, Principal, Role, Timestamp};
+use crate::model::{AccountId, AppointmentId, AppointmentStatus, Role, Timestamp};
 use crate::policy::{self, Change, ChangeRefusal, ScheduleScope};
 use crate::room::{MemberState, Presence};
-use crate::store::{AccountRecord, Appointment, AppointmentChange, AppointmentQuery};
+use crate::store::{Appointment, AppointmentChange, AppointmentQuery};
 
 /// A page polling the waiting rooms records what it was shown again after this long
 /// even when nothing changed.
@@ -404,14 +404,6 @@ async fn changeable(
     }
 }
 
-fn facts(a: AccountRecord) -> policy::AccountFacts {
-    policy::AccountFacts {
-        id: a.id,
-        role: a.role,
-        disabled: a.disabled,
-    }
-}
-
 pub async fn move_appointment(
     State(state): State<AppState>,
     s: Authed,
@@ -443,28 +435,7 @@ pub async fn move_appointment(
     }
     // The moved appointment must be one the caller could book: the same booking
     // policy (another doctor only by staff, active doctor and patient).
-    let doctor = state.store.account(change.doctor).await?.map(facts);
-    let patient = match a.patient {
-        Some(p) => Some(state.store.account(p).await?.map(facts)),
-        None => None,
-    };
-    let already_treats = match a.patient {
-        Some(p) if s.session.role == Role::Doctor => {
-            state
-                .store
-                .share_appointment(&Principal::Account(change.doctor), &Principal::Account(p))
-                .await?
-        }
-        _ => false,
-    };
-    if let Err(refusal) = policy::check_booking(
-        s.session.subject(),
-        policy::BookingRequest {
-            doctor: doctor.as_ref(),
-            patient: patient.as_ref().map(Option::as_ref),
-            already_treats,
-        },
-    ) {
+    if let Err(refusal) = booking_decision(&state, &s, change.doctor, a.patient).await? {
         state
             .audit(
                 s.event(AuditAction::AppointmentChangeRefused, Outcome::Denied)
