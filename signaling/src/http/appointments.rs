@@ -55,20 +55,35 @@ pub(super) async fn view(
         Some(p) => Some(person(state, p).await?),
         None => None,
     };
-    let reason = match (&a.reason, with_reason) {
-        (Some(r), true) => state.keyring.open_string(ctx::REASON, r).ok(),
-        _ => None,
-    };
-    Ok(AppointmentView {
-        id: a.id,
-        doctor: person(state, a.doctor).await?,
-        patient,
-        start: a.start.secs(),
-        duration_s: a.duration_s,
-        status: a.status,
-        reason,
-        waiting: None,
-    })
+    let doctor = person(state, a.doctor).await?;
+    Ok(AppointmentView::of(state, a, doctor, patient, with_reason))
+}
+
+impl AppointmentView {
+    /// The view of `a` with its people already named; the reason is opened only when
+    /// `with_reason` (the caller's policy decided).
+    pub(super) fn of(
+        state: &AppState,
+        a: &Appointment,
+        doctor: PersonRef,
+        patient: Option<PersonRef>,
+        with_reason: bool,
+    ) -> Self {
+        let reason = match (&a.reason, with_reason) {
+            (Some(r), true) => state.keyring.open_string(ctx::REASON, r).ok(),
+            _ => None,
+        };
+        AppointmentView {
+            id: a.id,
+            doctor,
+            patient,
+            start: a.start.secs(),
+            duration_s: a.duration_s,
+            status: a.status,
+            reason,
+            waiting: None,
+        }
+    }
 }
 
 pub async fn list_appointments(

@@ -11,10 +11,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 
-use super::appointments::{PersonRef, booking_decision};
+use super::appointments::{AppointmentView, PersonRef, booking_decision};
 use super::{ApiError, ApiResult, AppState, Authed, label_of, now};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::crypto::ctx;
 use crate::model::{AccountId, AppointmentId, AppointmentStatus, Role, Timestamp};
 use crate::policy::{self, Change, ChangeRefusal, ScheduleScope};
 use crate::room::{MemberState, Presence};
@@ -108,16 +107,10 @@ impl PresenceView {
 
 #[derive(Serialize)]
 pub struct ScheduleItem {
-    id: AppointmentId,
-    doctor: PersonRef,
-    patient: Option<PersonRef>,
-    /// Unix seconds, as in `GET /api/appointments`.
-    start: i64,
-    duration_s: i64,
-    status: AppointmentStatus,
-    /// Only for the appointment's own doctor ([`policy::sees_reason`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
+    /// As in `GET /api/appointments`; the reason only for the appointment's own doctor
+    /// ([`policy::sees_reason`]).
+    #[serde(flatten)]
+    appointment: AppointmentView,
     presence: PresenceView,
 }
 
@@ -131,20 +124,10 @@ async fn item(
         Some(p) => Some(labels.person(p).await?),
         None => None,
     };
-    let reason = match &a.reason {
-        Some(r) if policy::sees_reason(s.session.subject(), &a.facts()) => {
-            state.keyring.open_string(ctx::REASON, r).ok()
-        }
-        _ => None,
-    };
+    let doctor = labels.person(a.doctor).await?;
+    let with_reason = policy::sees_reason(s.session.subject(), &a.facts());
     Ok(ScheduleItem {
-        id: a.id,
-        doctor: labels.person(a.doctor).await?,
-        patient,
-        start: a.start.secs(),
-        duration_s: a.duration_s,
-        status: a.status,
-        reason,
+        appointment: AppointmentView::of(state, a, doctor, patient, with_reason),
         presence: PresenceView::of(&state.presence(a.id)),
     })
 }
