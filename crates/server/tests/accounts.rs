@@ -9,18 +9,10 @@ mod common;
 use common::*;
 use confide_audit::store::sqlx;
 use confide_server::confide_signaling::audit::{AuditAction, Outcome, Priority};
-use confide_server::confide_signaling::auth::{TotpSecret, hash_token};
+use confide_server::confide_signaling::auth::hash_token;
 use confide_server::confide_signaling::http::now;
 use confide_server::confide_signaling::model::{AccountId, Role};
 use serde_json::{Value, json};
-
-/// The code of the TOTP step before the current one: still accepted, and it leaves the
-/// current step free for the next login, so a test need not wait 30 s between two.
-fn code_prev(secret_b32: &str) -> String {
-    TotpSecret::from_base32(secret_b32)
-        .unwrap()
-        .code_at(now().secs() - 30)
-}
 
 /// An admin creates an account; returns its id and the activation token.
 async fn create(ts: &TestServer, admin: &str, username: &str, role: &str) -> (AccountId, String) {
@@ -61,7 +53,7 @@ async fn enrol(ts: &TestServer, session: &str, password: Option<&str>) -> (Strin
             "POST",
             "/api/totp/confirm",
             Some(session),
-            Some(json!({"code": code_prev(&secret)})),
+            Some(json!({"code": previous_code(&secret)})),
         )
         .await;
     assert_eq!(c.status, 200, "{:?}", c.body);
@@ -516,7 +508,12 @@ async fn changing_the_password_needs_the_current_one_and_ends_the_other_sessions
     // Two sessions: this browser and another one.
     let body = |code: String| json!({"username": "drchange", "password": pw, "totp": code});
     let r = ts
-        .req("POST", "/api/login", None, Some(body(code_prev(&secret))))
+        .req(
+            "POST",
+            "/api/login",
+            None,
+            Some(body(previous_code(&secret))),
+        )
         .await;
     let other = r.body["token"].as_str().unwrap().to_string();
     let here = ts.login("drchange", &pw, Some(&secret)).await;
@@ -625,7 +622,7 @@ async fn a_second_factor_changes_only_with_the_password_and_the_old_one_works_un
             Some(json!({"username": "drphone", "password": pw, "totp": code})),
         )
     };
-    let r = login(code_prev(&old_secret)).await;
+    let r = login(previous_code(&old_secret)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let full = r.body["token"].as_str().unwrap().to_string();
 
@@ -686,7 +683,7 @@ async fn a_second_factor_changes_only_with_the_password_and_the_old_one_works_un
             "POST",
             "/api/totp/confirm",
             Some(&full),
-            Some(json!({"code": code_prev(&new_secret)})),
+            Some(json!({"code": previous_code(&new_secret)})),
         )
         .await;
     assert_eq!(c.status, 200, "{:?}", c.body);
@@ -712,7 +709,7 @@ async fn an_admin_resets_a_password_and_the_owner_proves_the_second_factor() {
             "POST",
             "/api/login",
             None,
-            Some(json!({"username": "drforgot", "password": pw, "totp": code_prev(&secret)})),
+            Some(json!({"username": "drforgot", "password": pw, "totp": previous_code(&secret)})),
         )
         .await;
     let session = r.body["token"].as_str().unwrap().to_string();

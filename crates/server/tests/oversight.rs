@@ -281,21 +281,7 @@ async fn an_admin_lists_and_revokes_a_persons_sessions() {
     // Two sessions of the staff member: the first with the previous step's code, so
     // the current one is still unused for the second (a TOTP code works once).
     let (u, p, secret) = ts.demo_account(Role::Staff);
-    let prev = confide_server::confide_signaling::auth::TotpSecret::from_base32(
-        secret.as_deref().unwrap(),
-    )
-    .unwrap()
-    .code_at(now().secs() - 30);
-    let r = ts
-        .req(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": u, "password": p, "totp": prev})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let first = r.body["token"].as_str().unwrap().to_owned();
+    let first = ts.login_demo_with_previous_code(Role::Staff).await;
     let second = ts.login(&u, &p, secret.as_deref()).await;
     let path = format!("/api/admin/accounts/{}/sessions", staff_id.0);
     let r = ts.req("GET", &path, Some(&admin), None).await;

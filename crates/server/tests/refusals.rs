@@ -670,21 +670,11 @@ async fn clinicians_must_enrol_totp_and_recovery_codes_work_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_needs_reason_and_reauthentication_and_is_audited_high() {
     let ts = server().await;
-    let (u, p, s) = ts.demo_account(Role::Admin);
+    let (_, p, s) = ts.demo_account(Role::Admin);
     let secret = TotpSecret::from_base32(s.as_deref().unwrap()).unwrap();
-    // Log in with the previous step's code so the current one is still fresh for
+    // The previous step's code for the login, so the current one is still fresh for
     // the re-authentication below.
-    let prev = secret.code_at(now().secs() - 30);
-    let r = ts
-        .req(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": u, "password": p, "totp": prev})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let admin = r.body["token"].as_str().unwrap().to_string();
+    let admin = ts.login_demo_with_previous_code(Role::Admin).await;
     let admin_id = ts.demo.account(Role::Admin).unwrap().id.to_string();
     let patient = ts.demo.account(Role::Patient).unwrap().id;
     let appt = ts.appointment();
@@ -823,19 +813,9 @@ async fn a_websocket_whose_session_row_is_gone_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_reauthentication_is_throttled() {
     let ts = server().await;
-    let (u, p, s) = ts.demo_account(Role::Admin);
+    let (_, p, s) = ts.demo_account(Role::Admin);
     let secret = TotpSecret::from_base32(s.as_deref().unwrap()).unwrap();
-    let prev = secret.code_at(now().secs() - 30);
-    let r = ts
-        .req(
-            "POST",
-            "/api/login",
-            None,
-            Some(json!({"username": u, "password": p, "totp": prev})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let admin = r.body["token"].as_str().unwrap().to_string();
+    let admin = ts.login_demo_with_previous_code(Role::Admin).await;
     let admin_id = ts.demo.account(Role::Admin).unwrap().id.to_string();
     let patient = ts.demo.account(Role::Patient).unwrap().id;
     let ask = |password: &str| {

@@ -74,6 +74,15 @@ pub fn code(secret_b32: &str) -> String {
         .code_at(now().secs())
 }
 
+/// The code of the TOTP step before the current one: still accepted, and it leaves the
+/// current step free for the next use (a login, a re-authentication), so a test need
+/// not wait 30 s between two.
+pub fn previous_code(secret_b32: &str) -> String {
+    TotpSecret::from_base32(secret_b32)
+        .unwrap()
+        .code_at(now().secs() - 30)
+}
+
 pub struct Resp {
     pub status: u16,
     pub body: Value,
@@ -123,6 +132,23 @@ impl TestServer {
     pub async fn login_demo(&self, role: Role) -> String {
         let (u, p, s) = self.demo_account(role);
         self.login(&u, &p, s.as_deref()).await
+    }
+
+    /// [`Self::login_demo`] of a clinician with the previous step's code, keeping the
+    /// current one unused for what the test does next.
+    pub async fn login_demo_with_previous_code(&self, role: Role) -> String {
+        let (u, p, s) = self.demo_account(role);
+        let prev = previous_code(s.as_deref().expect("a clinician has a second factor"));
+        let r = self
+            .req(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": u, "password": p, "totp": prev})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "login {u}: {:?}", r.body);
+        r.body["token"].as_str().unwrap().to_string()
     }
 
     pub async fn login(&self, username: &str, password: &str, totp_secret: Option<&str>) -> String {
