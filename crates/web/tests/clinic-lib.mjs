@@ -3,7 +3,9 @@
 // made from inside a page (the server's certificate is self-signed), and leaving the
 // current TOTP step unused for the next test file.
 
-import { unusedTotp, waitFor } from './lib.mjs';
+import { rest, unusedTotp, waitFor } from './lib.mjs';
+
+export { rest };
 
 export const BASE = process.env.CONFIDE_BASE_URL;
 
@@ -59,19 +61,6 @@ export async function loginPage(page, account, { query = '' } = {}) {
       throw new Error(`login of ${account.username} refused: ${await page.locator('#login-error').innerText()}`);
     }
   }
-}
-
-/** A REST call made by `page` with `token` (or the page's own session). */
-export async function rest(page, method, url, body, token) {
-  return page.evaluate(async ([m, u, b, t]) => {
-    const headers = { 'Content-Type': 'application/json' };
-    const tok = t || sessionStorage.getItem('confide.token');
-    if (tok) headers.Authorization = `Bearer ${tok}`;
-    const r = await fetch(u, { method: m, headers, body: b === undefined ? undefined : JSON.stringify(b) });
-    let json = null;
-    try { json = await r.json(); } catch { /* empty */ }
-    return { status: r.status, json };
-  }, [method, url, body, token]);
 }
 
 /** A session token for `account`, logged in through the API from `page`. */

@@ -33,7 +33,7 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   CHROMIUM_ARGS, INIT_SCRIPT, artifactsDir, checkPayload, freshTotp, inboundStats,
-  inject, loadDemo, readTap, videoVariance, waitFor,
+  inject, loadDemo, readTap, rest, videoVariance, waitFor,
 } from './lib.mjs';
 import {
   b64, forgeKeyPackage, opened, privateMessageHeader, reheadPrivateMessage, tappedFrames,
@@ -173,20 +173,6 @@ async function openChat(p) {
     await p.locator('#chat-toggle').click();
   }
   await p.locator('#chat-input').waitFor({ state: 'visible' });
-}
-
-/** A REST call with the session of page `p`. */
-async function rest(p, method, url, body) {
-  return p.evaluate(async ([m, u, b]) => {
-    const r = await fetch(u, {
-      method: m,
-      headers: { Authorization: `Bearer ${sessionStorage.getItem('confide.token')}`, 'Content-Type': 'application/json' },
-      body: b === undefined ? undefined : JSON.stringify(b),
-    });
-    let json = null;
-    try { json = await r.json(); } catch { /* empty */ }
-    return { status: r.status, json };
-  }, [method, url, body]);
 }
 
 /** The doctor's commits the page sent since `since` (ms). */

@@ -390,6 +390,19 @@ export async function waitFor(fn, { timeout = 30000, interval = 250, what = 'con
   throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
+/** A REST call made by `page` with `token` (or the page's own session). */
+export async function rest(page, method, url, body, token) {
+  return page.evaluate(async ([m, u, b, t]) => {
+    const headers = { 'Content-Type': 'application/json' };
+    const tok = t || sessionStorage.getItem('confide.token');
+    if (tok) headers.Authorization = `Bearer ${tok}`;
+    const r = await fetch(u, { method: m, headers, body: b === undefined ? undefined : JSON.stringify(b) });
+    let json = null;
+    try { json = await r.json(); } catch { /* empty */ }
+    return { status: r.status, json };
+  }, [method, url, body, token]);
+}
+
 // ------------------------------------------------------------------ accessibility, screenshots
 
 const require = createRequire(import.meta.url);

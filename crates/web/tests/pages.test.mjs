@@ -17,7 +17,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  CHROMIUM_ARGS, INIT_SCRIPT, PHONE, artifactsDir, loadDemo, screenshots, totp, waitFor,
+  CHROMIUM_ARGS, INIT_SCRIPT, PHONE, artifactsDir, loadDemo, rest, screenshots, totp, waitFor,
 } from './lib.mjs';
 
 const BASE = process.env.CONFIDE_BASE_URL || 'https://127.0.0.1:8443';
@@ -60,19 +60,6 @@ async function check(p, name) {
 
 async function view(p) {
   return p.evaluate(() => document.body.dataset.view);
-}
-
-async function rest(p, method, url, body) {
-  return p.evaluate(async ([m, u, b]) => {
-    const r = await fetch(u, {
-      method: m,
-      headers: { Authorization: `Bearer ${sessionStorage.getItem('confide.token')}`, 'Content-Type': 'application/json' },
-      body: b === undefined ? undefined : JSON.stringify(b),
-    });
-    let json = null;
-    try { json = await r.json(); } catch { /* empty */ }
-    return { status: r.status, json };
-  }, [method, url, body]);
 }
 
 /** The element that has the focus: its id, text, and whether a focus ring is drawn. */
